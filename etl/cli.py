@@ -1,0 +1,97 @@
+"""`dlmreg`: the command line. Errors end with a one-line reason and a non-zero exit, no stack trace.
+
+Exit codes: 0 published; 1 a critical quality check failed (nothing published); 2 bad input or
+settings (missing source, unreadable mapping, unreachable registry).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlmreg", description="Disappearing liver metastases registry")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (counts only, never PHI)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="write a synthetic DREAM-like cohort as FHIR R4 NDJSON")
+    synth.add_argument("--patients", type=int, required=True)
+    synth.add_argument("--seed", type=int, default=1)
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="generator parameter, e.g. npv_ct_and_mri=0.7 (see SynthParams)")
+
+    run = commands.add_parser("run", help="extract -> map -> check -> analyse")
+    run.add_argument("--source", help="FHIR NDJSON/Bundle directory or file (default: the demo cohort)")
+    run.add_argument("--registry", help="SQLAlchemy URL (default: sqlite file OUT/dlm_registry.sqlite)")
+    run.add_argument("--out", type=Path, default=Path("out"))
+    run.add_argument("--mappings", type=Path, action="append", default=[],
+                     help="directory of site mapping CSVs (repeatable; also DLMREG_MAPPINGS)")
+    run.add_argument("--followup-window", type=float, default=24.0, metavar="MONTHS")
+    run.add_argument("--at-risk-every", type=float, default=6.0, metavar="MONTHS")
+    run.add_argument("--at-risk-until", type=float, default=60.0, metavar="MONTHS")
+    run.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _synth(args) -> int:
+    from etl.synth import SynthParams, write_cohort
+
+    overrides = {}
+    for item in args.param:
+        name, _, value = item.partition("=")
+        if not hasattr(SynthParams(), name):
+            raise ValueError(f"unknown synth parameter {name!r}")
+        overrides[name] = type(getattr(SynthParams(), name))(value)
+    summary = write_cohort(args.out, patients=args.patients, seed=args.seed, params=SynthParams(**overrides))
+    print(f"wrote {args.out}: {summary}")
+    return 0
+
+
+def _run(args) -> int:
+    from etl.pipeline import RunSettings, run
+
+    times, t = [], 0.0
+    while t <= args.at_risk_until + 1e-9:
+        times.append(t)
+        t += args.at_risk_every
+    settings = RunSettings(source=args.source, registry_url=args.registry, out_dir=args.out,
+                           followup_window_months=args.followup_window, mapping_dirs=tuple(args.mappings),
+                           at_risk_times=times, show_progress=False if args.no_progress else None)
+    results = run(settings)
+    run_info, npv = results["run"], results["npv"]["ct_and_mri_disappeared"]
+    print(f"read {run_info['resources_read']} resources: {run_info['loaded']} loaded, "
+          f"{run_info['quarantined']} quarantined, {run_info['excluded']} excluded")
+    estimate = "n/a" if npv["estimate"] is None else f"{npv['estimate']:.1%}"
+    print(f"NPV (CT and MRI disappeared): {estimate} of {npv['true_negative'] + npv['residual']} evaluable lesions")
+    print(f"wrote {args.out / 'results.json'}, {args.out / 'report.html'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    from etl.pipeline import RunFailed
+    import sqlalchemy.exc
+
+    try:
+        return _synth(args) if args.command == "synth" else _run(args)
+    except RunFailed as exc:
+        print(f"dlmreg: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"dlmreg: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except sqlalchemy.exc.OperationalError as exc:
+        print(f"dlmreg: registry database not reachable: {str(exc.orig).splitlines()[0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The stages of one registry run, as plain functions: the CLI runs them in-process and the Airflow
+DAG runs each as a task. extract+stage -> map+load+derive -> check -> analyse/publish.
+
+Only counts and paths leave a stage, never patient rows, so stage results are safe to log or pass
+through XCom.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from etl.extract import open_source
+from etl.lesions.derive import derive
+from etl.load import load_rows
+from etl.registry import Registry, open_registry
+from etl.stage import stage_source
+from etl.stage.pseudonym import Pseudonymizer
+from etl.transform import SUPPORTED_TYPES, map_staging
+from etl.transform.vocabulary_tables import cdm_source_row, source_to_concept_rows
+from etl.vocabulary import CodeMap, load_code_map
+
+log = logging.getLogger(__name__)
+DEMO_PATIENTS, DEMO_SEED = 200, 1527
+
+
+class RunFailed(Exception):
+    """A run that ended without publishing; the message is the one-line reason for the user."""
+
+
+@dataclass
+class RunSettings:
+    source: str | None = None                 # directory/file; None = the demo cohort
+    registry_url: str | None = None           # None = SQLite file in out_dir
+    out_dir: Path = Path("out")
+    followup_window_months: float = 24.0
+    mapping_dirs: tuple[Path, ...] = ()
+    at_risk_times: list[float] | None = None
+    show_progress: bool | None = None
+    today: dt.date = field(default_factory=dt.date.today)
+
+    def resolved_registry_url(self) -> str:
+        return self.registry_url or f"sqlite:///{(self.out_dir / 'dlm_registry.sqlite').resolve()}"
+
+
+@contextmanager
+def demo_source():
+    """The bundled demo cohort: generated deterministically by the synthetic generator."""
+    from etl.synth import write_cohort
+
+    with tempfile.TemporaryDirectory(prefix="dlmreg-demo-") as directory:
+        write_cohort(Path(directory), patients=DEMO_PATIENTS, seed=DEMO_SEED)
+        yield directory
+
+
+def stage(registry: Registry, source: str, codes: CodeMap, run_id: str, show_progress=None) -> dict:
+    """Extract + stage. Returns the accounting (counts only)."""
+    accounting = stage_source(registry.engine, registry.tables, open_source(source), codes, Pseudonymizer(),
+                              run_id, SUPPORTED_TYPES, show_progress)
+    return accounting.as_dict()
+
+
+def map_load_derive(registry: Registry, codes: CodeMap, run_id: str, source: str, window_months: float,
+                    today: dt.date, show_progress=None) -> dict:
+    """Map staging to OMOP + DLM rows, replace the registry's rows and derive outcomes, in one transaction."""
+    t = registry.tables
+    with registry.engine.begin() as conn:
+        ctx = map_staging(conn, t, codes, show_progress)
+        ctx.rows["source_to_concept_map"] = source_to_concept_rows(codes)
+        ctx.rows["cdm_source"] = [cdm_source_row(codes, source, today)]
+        counts = load_rows(conn, t, ctx.rows, ctx.ids.new)
+        groups = derive(conn, t, window_months)
+        unmapped = [{"run_id": run_id, "source_system": s[:255], "source_code": c[:255], "field": f,
+                     "occurrences": n} for (s, c, f), n in sorted(codes.unmapped.items())]
+        conn.execute(t["dlm_unmapped_code"].delete().where(t["dlm_unmapped_code"].c.run_id == run_id))
+        if unmapped:
+            conn.execute(t["dlm_unmapped_code"].insert(), unmapped)
+    return {"rows": counts, "lesion_groups": groups, "warnings": dict(ctx.warnings),
+            "unmapped_codes": [{k: u[k] for k in ("source_system", "source_code", "field", "occurrences")}
+                               for u in unmapped]}
+
+
+def check(registry: Registry, run_id: str, today: dt.date) -> dict:
+    """Run the quality checks, store their results; returns the quality summary."""
+    from etl.quality import run_checks, store_results, summary
+
+    with registry.engine.begin() as conn:
+        results = run_checks(conn, registry.tables, today)
+        store_results(conn, registry.tables, run_id, results)
+    return summary(results)
+
+
+def read_cohort_frames(registry: Registry):
+    """Tidy analysis frames from the analyst views (analysis reads only the registry)."""
+    import pandas as pd
+
+    schema = registry.schemas.dlm
+    with registry.engine.connect() as conn:
+        lesions = pd.read_sql(sa.select(sa.text("*")).select_from(sa.table("dlm_lesion_v", schema=schema)), conn)
+        patients = pd.read_sql(sa.select(sa.text("*")).select_from(sa.table("dlm_patient_survival_v", schema=schema))
+                               .where(sa.column("strategy").is_not(None)), conn)
+    lesions["ce_ious"] = lesions["ce_ious"].fillna(False).astype(bool)
+    return lesions, patients
+
+
+def lesion_flow(lesions) -> dict:
+    """Lesion counts in the order of DREAM's flow diagram."""
+    dlm = lesions[lesions.dlm_group.isin(["ct_and_mri_disappeared", "ct_disappeared_mri_visible",
+                                          "ct_disappeared_mri_missing"])]
+    both = dlm[dlm.dlm_group == "ct_and_mri_disappeared"]
+
+    def count(frame) -> dict:
+        return {"lesions": int(len(frame)), "patients": int(frame.person_id.nunique())}
+
+    return {
+        "lesions_collected": count(lesions),
+        "disappeared_on_ct": count(dlm),
+        "disappeared_on_ct_and_mri": count(both),
+        "disappeared_on_ct_visible_on_mri": count(dlm[dlm.dlm_group == "ct_disappeared_mri_visible"]),
+        "excluded_imaging_protocol_not_met": count(both[both.mri_protocol_met == False]),  # noqa: E712
+        "evaluable_ct_and_mri_disappeared": count(both[both.outcome.isin(["true_negative", "residual"])]),
+    }
+
+
+def analyse_and_report(registry: Registry, out_dir: Path, results: dict, at_risk_times=None) -> dict:
+    """Compute NPV, survival and the DREAM comparison from the registry; write report and plots."""
+    from etl.analysis import analyse
+    from etl.analysis.report import write_report
+
+    lesions, patients = read_cohort_frames(registry)
+    results.update(analyse(lesions, patients, at_risk_times))
+    results["lesion_flow"] = lesion_flow(lesions)
+    write_report(results, patients, out_dir)
+    return results
+
+
+def write_results(out_dir: Path, results: dict) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.json"
+    path.write_text(json.dumps(results, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def write_unmapped_report(out_dir: Path, unmapped: list[dict]) -> Path:
+    import csv
+
+    path = out_dir / "unmapped_codes.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["source_system", "source_code", "field", "occurrences"])
+        writer.writeheader()
+        writer.writerows(unmapped)
+    return path
+
+
+def _record_run(registry: Registry, run: dict) -> None:
+    table = registry.tables["dlm_run"]
+    row = {k: run.get(k) for k in ("run_id", "started_at", "finished_at", "status", "source", "message",
+                                   "resources_read", "loaded", "quarantined", "excluded")}
+    with registry.engine.begin() as conn:
+        conn.execute(table.delete().where(table.c.run_id == row["run_id"]))
+        conn.execute(table.insert(), row)
+
+
+def run(settings: RunSettings) -> dict:
+    """extract -> stage -> map -> load -> derive -> check -> analyse. Writes OUT/results.json always.
+
+    Raises RunFailed (after writing results.json) when a critical quality check fails.
+    """
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.source is None:
+        with demo_source() as directory:
+            return _run(settings, directory, "demo cohort (synthetic)")
+    return _run(settings, settings.source, str(settings.source))
+
+
+def _run(settings: RunSettings, source: str, source_label: str) -> dict:
+    run_id = str(uuid.uuid4())
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    results: dict = {"run": {"run_id": run_id, "source": source_label, "started_at": started.isoformat(),
+                             "status": "running", "resources_read": 0, "loaded": 0, "quarantined": 0,
+                             "excluded": 0, "followup_window_months": settings.followup_window_months}}
+    codes = load_code_map(settings.mapping_dirs)
+    registry = open_registry(settings.resolved_registry_url())
+    results["run"]["registry"] = registry.safe_url
+    try:
+        log.info("stage: reading %s", source_label)
+        results["run"].update(stage(registry, source, codes, run_id, settings.show_progress))
+        log.info("map/load/derive")
+        mapped = map_load_derive(registry, codes, run_id, source_label, settings.followup_window_months,
+                                 settings.today, settings.show_progress)
+        results["run"].update(rows=mapped["rows"], warnings=mapped["warnings"],
+                              unmapped_codes=len(mapped["unmapped_codes"]))
+        write_unmapped_report(settings.out_dir, mapped["unmapped_codes"])
+        log.info("quality checks")
+        results["quality"] = check(registry, run_id, settings.today)
+        if results["quality"]["failed_critical"]:
+            raise RunFailed("critical quality checks failed: " + ", ".join(results["quality"]["failed_critical_checks"]))
+        log.info("analysis")
+        analyse_and_report(registry, settings.out_dir, results, settings.at_risk_times)
+        results["run"]["status"] = "published"
+    except RunFailed as exc:
+        results["run"].update(status="failed", message=str(exc))
+        raise
+    except Exception as exc:
+        results["run"].update(status="failed", message=f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    finally:
+        results["run"]["finished_at"] = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat()
+        _record_run(registry, {**results["run"], "started_at": started,
+                               "finished_at": dt.datetime.fromisoformat(results["run"]["finished_at"])})
+        write_results(settings.out_dir, results)
+    return results

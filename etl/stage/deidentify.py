@@ -1,0 +1,73 @@
+"""Remove direct identifiers before anything is written, staging included.
+
+Patient: only id (pseudonymised), gender, birth date and death are kept. Every reference to a patient
+is rewritten to the pseudonym and loses its display (which often carries the name). Business
+identifiers (accession numbers, MRNs) are dropped; a lesion's identifier is pseudonymised because
+lesion identity must survive across studies.
+"""
+from __future__ import annotations
+
+from etl.stage.pseudonym import Pseudonymizer
+
+PATIENT_KEPT = ("resourceType", "id", "meta", "gender", "birthDate", "deceasedBoolean", "deceasedDateTime",
+                "active")
+
+
+def patient_reference_id(reference: object) -> str | None:
+    """`Patient/123`, `https://host/fhir/Patient/123` or `Patient/123/_history/2` -> `123`."""
+    if not isinstance(reference, dict):
+        return None
+    text = reference.get("reference")
+    if not isinstance(text, str):
+        return None
+    parts = text.split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) >= 2 and parts[-2] == "Patient" and parts[-1]:
+        return parts[-1]
+    return None
+
+
+def patient_of(resource: dict) -> str | None:
+    """The FHIR id of the patient a resource belongs to (None when not patient-linked)."""
+    if resource.get("resourceType") == "Patient":
+        return resource.get("id")
+    for field in ("subject", "patient", "beneficiary"):
+        found = patient_reference_id(resource.get(field))
+        if found:
+            return found
+    return None
+
+
+def _rewrite(node, pseudo: Pseudonymizer):
+    if isinstance(node, dict):
+        patient_id = patient_reference_id(node)
+        out = {}
+        for key, value in node.items():
+            if key == "identifier":
+                continue
+            if patient_id and key == "display":
+                continue
+            out[key] = _rewrite(value, pseudo)
+        if patient_id:
+            out["reference"] = "Patient/" + pseudo.patient(patient_id)
+        return out
+    if isinstance(node, list):
+        return [_rewrite(item, pseudo) for item in node]
+    return node
+
+
+def deidentify(resource: dict, pseudo: Pseudonymizer) -> dict:
+    """A copy of `resource` safe to store."""
+    if resource["resourceType"] == "Patient":
+        kept = {k: resource[k] for k in PATIENT_KEPT if k in resource}
+        kept["id"] = pseudo.patient(resource["id"])
+        return kept
+    clean = _rewrite(resource, pseudo)
+    if resource["resourceType"] == "BodyStructure":
+        owner = patient_of(resource) or ""
+        clean["identifier"] = [
+            {"value": pseudo.lesion(owner, ident.get("value", ""))}
+            for ident in resource.get("identifier") or [] if isinstance(ident, dict) and ident.get("value")
+        ]
+    return clean

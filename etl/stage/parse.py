@@ -1,0 +1,56 @@
+"""Turn one raw record into a validated resource dict, or a reason it cannot be loaded.
+
+Validation uses the fhir.resources R4B models (they parse R4 JSON for the resources the registry uses);
+the dict is kept for mapping because the models add nothing the transforms need.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from etl.extract import RawRecord
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    resource_type: str | None = None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    return f"{where}: {err.get('msg', 'invalid')}"[:300]
+
+
+def parse_record(record: RawRecord) -> dict | Rejected:
+    """Parse and validate; the returned dict is the resource as received."""
+    if record.expected_type and record.expected_type.startswith("!"):
+        return Rejected(record.expected_type[1:])
+    try:
+        resource = json.loads(record.text)
+    except json.JSONDecodeError as exc:
+        return Rejected(f"not valid JSON: {exc.msg} at char {exc.pos}")
+    if not isinstance(resource, dict):
+        return Rejected("not a JSON object")
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str) or not resource_type:
+        return Rejected("missing resourceType")
+    if record.expected_type and resource_type != record.expected_type:
+        return Rejected(f"resourceType {resource_type} in a file of {record.expected_type}", resource_type)
+    if not isinstance(resource.get("id"), str) or not resource["id"]:
+        return Rejected("missing id", resource_type)
+    try:
+        model = get_fhir_model_class(resource_type)
+    except KeyError:
+        return Rejected(f"unknown resourceType {resource_type[:64]}", resource_type[:64])
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        return Rejected(f"invalid {resource_type}: {_first_error(exc)}", resource_type)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return Rejected(f"invalid {resource_type}: {type(exc).__name__}", resource_type)
+    return resource

@@ -1,0 +1,83 @@
+"""State shared by the transforms of one mapping run: ids, code map, and indexes between resources.
+
+OMOP ids are assigned once per FHIR identity and remembered in `dlm_lineage`, so a re-run gives every
+row the id it had before (idempotent loads) and any OMOP row can be traced back to its resource.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from etl.vocabulary import CodeMap
+
+
+class IdAssigner:
+    def __init__(self, conn: sa.Connection, lineage: sa.Table):
+        self._ids: dict[tuple[str, str], int] = {}
+        self._next: dict[str, int] = defaultdict(lambda: 1)
+        for table, key, omop_id in conn.execute(sa.select(lineage.c.omop_table, lineage.c.source_key,
+                                                          lineage.c.omop_id)):
+            self._ids[(table, key)] = omop_id
+            self._next[table] = max(self._next[table], omop_id + 1)
+        self.new: list[dict] = []
+        self.used: set[tuple[str, str]] = set()
+
+    def id(self, table: str, source_key: str, version_id: str | None = None) -> int:
+        key = (table, source_key)
+        self.used.add(key)
+        if key not in self._ids:
+            self._ids[key] = self._next[table]
+            self._next[table] += 1
+            self.new.append({"omop_table": table, "source_key": source_key, "omop_id": self._ids[key],
+                             "fhir_version_id": version_id})
+        return self._ids[key]
+
+
+@dataclass
+class ReportInfo:
+    meaning: str | None
+    date: dt.date | None
+    person_id: int
+    procedure_occurrence_id: int | None
+
+
+@dataclass
+class ProcedureInfo:
+    meaning: str | None
+    date: dt.date | None
+    procedure_occurrence_id: int
+
+
+@dataclass
+class MapContext:
+    codes: CodeMap
+    ids: IdAssigner
+    rows: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    persons: dict[str, int] = field(default_factory=dict)          # patient pseudonym -> person_id
+    lesions: dict[str, int] = field(default_factory=dict)          # BodyStructure id -> lesion_id
+    reports: dict[str, ReportInfo] = field(default_factory=dict)   # DiagnosticReport id -> info
+    report_of_observation: dict[str, str] = field(default_factory=dict)
+    procedures: dict[str, ProcedureInfo] = field(default_factory=dict)
+    mri_protocol: dict[str, dict[str, bool]] = field(default_factory=lambda: defaultdict(dict))
+    sizes: dict[tuple[int, str], float | None] = field(default_factory=dict)  # (lesion_id, report) -> mm
+    warnings: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def person_id(self, resource: dict) -> int | None:
+        for key in ("subject", "patient"):
+            ref = resource.get(key)
+            if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                return self.persons.get(ref["reference"].split("/")[-1])
+        return None
+
+    def add(self, table: str, row: dict) -> dict:
+        self.rows[table].append(row)
+        return row
+
+    def event(self, person_id: int, event: str, start: dt.date, end: dt.date | None, omop_table: str,
+              omop_id: int, source_key: str) -> None:
+        self.add("dlm_clinical_event", {
+            "event_id": self.ids.id("dlm_clinical_event", source_key), "person_id": person_id, "event": event,
+            "start_date": start, "end_date": end, "omop_table": omop_table, "omop_id": omop_id})

@@ -1,0 +1,56 @@
+"""SOURCE_TO_CONCEPT_MAP and CDM_SOURCE: the registry documents its own mappings and provenance.
+
+| rule | destination | source | logic |
+|---|---|---|---|
+| V1 | source_to_concept_map | every row of the loaded mapping CSVs | source_vocabulary_id = short name of the FHIR system |
+| V2 | cdm_source | run settings | FHIR version R4 (parsed with fhir.resources R4B), mapping digest as vocabulary_version |
+| V3 | cdm_source.cdm_version_concept_id | none | 0: the concept for CDM v5.4 was not verified in a public source |
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from importlib.metadata import PackageNotFoundError, version
+
+from etl.vocabulary import CodeMap
+
+SYSTEM_NAMES = {
+    "http://snomed.info/sct": "SNOMED", "http://loinc.org": "LOINC",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm", "http://unitsofmeasure.org": "UCUM",
+    "http://hl7.org/fhir/administrative-gender": "FHIR gender",
+    "http://terminology.hl7.org/CodeSystem/condition-clinical": "FHIR cond-clinical",
+    "http://terminology.hl7.org/CodeSystem/v2-0136": "HL7 v2 0136",
+}
+OPEN_START, OPEN_END = dt.date(1970, 1, 1), dt.date(2099, 12, 31)
+
+
+def _vocabulary_name(system: str) -> str:
+    return SYSTEM_NAMES.get(system, "Local " + hashlib.sha1(system.encode()).hexdigest()[:8])
+
+
+def source_to_concept_rows(codes: CodeMap) -> list[dict]:
+    return [{
+        "source_code": m.code[:50], "source_concept_id": 0, "source_vocabulary_id": _vocabulary_name(m.system),
+        "source_code_description": f"{m.display} [{m.meaning}]"[:255], "target_concept_id": m.concept_id,
+        "target_vocabulary_id": (m.vocabulary or "None")[:20], "valid_start_date": OPEN_START,
+        "valid_end_date": OPEN_END, "invalid_reason": None,
+    } for m in codes.mappings]
+
+
+def _package_version() -> str:
+    try:
+        return version("dlm-registry")
+    except PackageNotFoundError:
+        return "source checkout"
+
+
+def cdm_source_row(codes: CodeMap, source: str, today: dt.date) -> dict:
+    digest = hashlib.sha256(repr(sorted((m.system, m.code, m.concept_id) for m in codes.mappings)).encode())
+    return {
+        "cdm_source_name": "DLM registry", "cdm_source_abbreviation": "DLMREG", "cdm_holder": "registry site",
+        "source_description": f"FHIR R4 ({source}) parsed with fhir.resources R4B; dlm-registry ETL "
+                              f"{_package_version()}",
+        "source_documentation_reference": "docs/fhir_profile.md", "cdm_etl_reference": "dlm-registry",
+        "source_release_date": today, "cdm_release_date": today, "cdm_version": "v5.4",
+        "cdm_version_concept_id": 0, "vocabulary_version": "dlm-registry mappings " + digest.hexdigest()[:12],
+    }

@@ -1,0 +1,57 @@
+"""DLM-specific checks, each with a severity. Each rule reads a named frame (a SQL select over the
+registry) so that great-expectations can check it like a table.
+
+Rule ids (cited by tests): DLM1 group values, DLM2 outcome values, DLM3 every DLM has an outcome or an
+explicit unevaluable reason, DLM4 lesion identities unique per patient, DLM5 no lesion handled two
+different ways, DLM6 every analysed DLM's MRI met the DREAM
+protocol (warning: DREAM excluded such lesions, the registry reports them).
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from quality_checks.checks import Check
+
+GROUPS = ["not_disappeared", "ct_disappeared_mri_visible", "ct_and_mri_disappeared", "ct_disappeared_mri_missing",
+          "not_visible_at_baseline", "no_post_chemo_ct", "no_chemotherapy"]
+DLM_GROUPS = ["ct_disappeared_mri_visible", "ct_and_mri_disappeared", "ct_disappeared_mri_missing"]
+OUTCOMES = ["true_negative", "residual", "unevaluable"]
+
+
+def frames(tables: dict[str, sa.Table]) -> dict[str, sa.Select]:
+    """Named selects the DLM rules run on."""
+    outcome, lesion, handling = tables["dlm_lesion_outcome"], tables["dlm_lesion"], tables["dlm_lesion_handling"]
+    dlm = outcome.c.dlm_group.in_(DLM_GROUPS)
+    return {
+        "dlm_lesion_outcome": sa.select(outcome),
+        "dlm_dlm_outcome": sa.select(
+            outcome.c.lesion_id, outcome.c.outcome, outcome.c.mri_protocol_met,
+            sa.case((outcome.c.outcome != "unevaluable", "n/a"), else_=outcome.c.unevaluable_reason)
+            .label("unevaluable_reason")).where(dlm),
+        "dlm_lesion": sa.select(lesion),
+        "dlm_lesion_handling_count": sa.select(
+            handling.c.lesion_id, sa.func.count(sa.distinct(handling.c.handling)).label("distinct_handlings"))
+        .group_by(handling.c.lesion_id),
+    }
+
+
+def dlm_checks() -> list[Check]:
+    return [
+        Check("DLM1:dlm_group_values", "DLM1", "dlm_lesion_outcome", "dlm_group", "critical", 0.0,
+              "ExpectColumnValuesToBeInSet", {"value_set": GROUPS}, "every lesion has a known group"),
+        Check("DLM2:outcome_values", "DLM2", "dlm_dlm_outcome", "outcome", "critical", 0.0,
+              "ExpectColumnValuesToBeInSet", {"value_set": OUTCOMES}, "DLM outcomes are from the defined set"),
+        Check("DLM3:dlm_has_outcome", "DLM3", "dlm_dlm_outcome", "outcome", "critical", 0.0,
+              "ExpectColumnValuesToNotBeNull", {}, "every DLM has an outcome"),
+        Check("DLM3:unevaluable_has_reason", "DLM3", "dlm_dlm_outcome", "unevaluable_reason", "critical", 0.0,
+              "ExpectColumnValuesToNotBeNull", {}, "every unevaluable DLM says why"),
+        Check("DLM4:lesion_identity_unique", "DLM4", "dlm_lesion", "lesion_source_value", "critical", 0.0,
+              "ExpectCompoundColumnsToBeUnique", {"column_list": ["person_id", "lesion_source_value"]},
+              "lesion identities are unique per patient"),
+        Check("DLM5:single_handling", "DLM5", "dlm_lesion_handling_count", "distinct_handlings", "critical", 0.0,
+              "ExpectColumnValuesToBeBetween", {"max_value": 1},
+              "no lesion is both resected and left in place (one handling per lesion)"),
+        Check("DLM6:mri_protocol_met", "DLM6", "dlm_dlm_outcome", "mri_protocol_met", "warning", 0.0,
+              "ExpectColumnValuesToBeInSet", {"value_set": [True]},
+              "post-chemotherapy MRI had DWI and hepatobiliary phase (flagged, not blocking)"),
+    ]
