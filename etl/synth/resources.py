@@ -35,7 +35,10 @@ TEXT_ONLY_DRUGS = frozenset({"leucovorin"})
 
 @dataclass
 class Rendered:
-    """The resources of one patient, in order, and the ids truth.json needs."""
+    """The resources of one patient, in order, and the ids truth.json needs.
+
+    Resources share immutable parts (codings): serialise them, do not mutate them.
+    """
 
     patient_id: str
     lesion_ids: dict[int, tuple[str, str]] = field(default_factory=dict)  # number -> (BodyStructure.id, identifier)
@@ -137,12 +140,13 @@ class _Renderer:
         self._pre_surgery_imaging("baseline")
         self._chemotherapy(metastasis)
         self._pre_surgery_imaging("post_chemo")
-        for number, stage in enumerate(c.stages):
+        for number in range(len(c.stages)):
             self._surgery(number, metastasis)
         tracked = [l for l in c.lesions if l.is_dlm and l.handling != "resected"]
         for when in c.followups:
             sizes = [(l, self._regrowth_mm(l, when)) for l in tracked]
-            self._imaging(Imaging("ct", "follow_up", when), sizes, new_lesion=c.other_recurrence is not None and c.other_recurrence <= when)
+            elsewhere = c.other_recurrence is not None and c.other_recurrence <= when
+            self._imaging(Imaging("ct", "follow_up", when), sizes, new_lesion=elsewhere)
         if c.recurrence:
             self._add("Condition", {
                 "clinicalStatus": concept("recurrence_status", "recurrence"),

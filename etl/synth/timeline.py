@@ -32,9 +32,9 @@ REGIMENS = {
     "CAPOX": ("capecitabine", "oxaliplatin"),
 }
 _REGIMEN_WEIGHTS = {"FOLFOX": 45, "FOLFIRI": 25, "CAPOX": 30}
-# Anti-EGFR antibodies are given with infusional regimens only.
-_BIOLOGICS = {"FOLFOX": ("bevacizumab", "cetuximab", "panitumumab"), "FOLFIRI": ("bevacizumab", "cetuximab",
-              "panitumumab"), "CAPOX": ("bevacizumab",)}
+# Anti-EGFR antibodies are combined with infusional regimens only.
+_ALL_BIOLOGICS = ("bevacizumab", "cetuximab", "panitumumab")
+_BIOLOGICS = {"FOLFOX": _ALL_BIOLOGICS, "FOLFIRI": _ALL_BIOLOGICS, "CAPOX": ("bevacizumab",)}
 
 # Primary tumour site -> SNOMED codes (each must carry meaning primary_colorectal_cancer in the CSV).
 PRIMARY_CODES = {"colon": ("93761005", "363406005"), "rectum": ("93984006", "363351006")}
@@ -164,9 +164,10 @@ def _non_cohort(rng: random.Random, index: int, mrn: str) -> Course:
     return course
 
 
-def _mri_protocol(rng: random.Random, params: SynthParams, modality: str, phase: str, when: date) -> Imaging:
-    study = Imaging(modality, phase, when)
-    if modality == "mri" and rng.random() >= params.mri_protocol_met_share:
+def _mri(rng: random.Random, params: SynthParams, phase: str, when: date) -> Imaging:
+    """An MRI study; DREAM's protocol (DWI and hepatobiliary phase) is sometimes incomplete."""
+    study = Imaging("mri", phase, when)
+    if rng.random() >= params.mri_protocol_met_share:
         study.dwi, study.hepatobiliary = rng.choice(((False, True), (True, False), (False, False)))
     return study
 
@@ -220,9 +221,9 @@ def _cohort(rng: random.Random, params: SynthParams, index: int, mrn: str) -> Co
     post_mri = _after(course.chemo_end, 14, 42, rng)
     course.imaging = [
         Imaging("ct", "baseline", base_ct),
-        _mri_protocol(rng, params, "mri", "baseline", base_mri),
+        _mri(rng, params, "baseline", base_mri),
         Imaging("ct", "post_chemo", post_ct),
-        _mri_protocol(rng, params, "mri", "post_chemo", post_mri),
+        _mri(rng, params, "post_chemo", post_mri),
     ]
 
     _surgery(rng, params, course, max(post_ct, post_mri))

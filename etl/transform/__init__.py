@@ -76,7 +76,7 @@ def map_staging(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap
     for resource_type in LOAD_ORDER:
         query = (sa.select(staging.c.resource_json).where(staging.c.resource_type == resource_type)
                  .order_by(staging.c.resource_id))
-        for (text,) in conn.execution_options(yield_per=5000).execute(query):
+        for (text,) in conn.execute(query.execution_options(yield_per=5000)):
             TRANSFORMS[resource_type](json.loads(text), ctx)
             progress.step()
     progress.done()

@@ -52,5 +52,5 @@ def cdm_source_row(codes: CodeMap, source: str, today: dt.date) -> dict:
                               f"{_package_version()}",
         "source_documentation_reference": "docs/fhir_profile.md", "cdm_etl_reference": "dlm-registry",
         "source_release_date": today, "cdm_release_date": today, "cdm_version": "v5.4",
-        "cdm_version_concept_id": 0, "vocabulary_version": "dlm-registry mappings " + digest.hexdigest()[:12],
+        "cdm_version_concept_id": 0, "vocabulary_version": "dlmreg " + digest.hexdigest()[:12],  # varchar(20)
     }
