@@ -45,7 +45,7 @@ def parse_record(record: RawRecord) -> dict | Rejected:
         return Rejected("missing id", resource_type)
     try:
         model = get_fhir_model_class(resource_type)
-    except KeyError:
+    except (KeyError, ValueError, AttributeError):
         return Rejected(f"unknown resourceType {resource_type[:64]}", resource_type[:64])
     try:
         model.model_validate(resource)

@@ -1,0 +1,135 @@
+"""
+### DLM registry: FHIR R4 -> OMOP CDM v5.4 -> checks -> NPV and survival
+
+One manually triggered run of the disappearing-liver-metastases registry, the same stages `dlmreg run`
+runs in-process (`etl.tasks`), one Airflow task each:
+
+| task | what it does | on failure |
+|---|---|---|
+| `resolve_settings` | turns the run's params into a small settings dict and a new registry run id | fails fast |
+| `stage` | reads the FHIR source, pseudonymises, stages the cohort's resources, counts what it read | retried with exponential backoff |
+| `map_load_derive` | maps staging to OMOP + DLM rows, replaces the registry's rows, derives lesion outcomes (one transaction) | fails |
+| `quality_check` | runs the quality suites; **a failed critical check fails the DAG run** and nothing is published | fails, never retried |
+| `publish` | NPV, survival and the DREAM comparison from the registry; writes `results.json`, `report.html`, plots | fails |
+
+**Params** (trigger with config):
+
+* `source`: FHIR NDJSON / Bulk Data / Bundle directory or file as seen by the workers; empty = the bundled
+  synthetic demo cohort, written once to `<out_dir>/demo_source`.
+* `registry_url`: SQLAlchemy URL of the registry; empty = `DLMREG_REGISTRY_URL` from the workers'
+  environment, else `sqlite:///<out_dir>/dlm_registry.sqlite`. Do not put passwords here (params are
+  stored and shown in the UI): PostgreSQL passwords come from the environment (`PGPASSWORD`) or a
+  `.pgpass` file.
+* `out_dir`: where results go (default `DLMREG_OUT_DIR`, else `/tmp/dlmreg-out`); must be shared by all
+  workers.
+* `followup_window_months`: follow-up without recurrence that makes a DLM a true negative (DREAM: 24).
+
+Only counts, paths and URLs pass between tasks (XCom), never patient rows. The pseudonym key is read
+from `DLMREG_PSEUDONYM_KEY` by the stage task; site mapping directories from `DLMREG_MAPPINGS`.
+Runs replace the registry's staging area, so at most one run is active at a time.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from airflow.sdk import Param, dag, task
+
+DEFAULT_OUT_DIR = os.environ.get("DLMREG_OUT_DIR", "/tmp/dlmreg-out")
+
+
+@task(execution_timeout=timedelta(minutes=5))
+def resolve_settings() -> dict:
+    """Params -> settings for the run (paths and URLs only; no file or database access)."""
+    from airflow.sdk import get_current_context
+
+    from etl.tasks import new_run_id
+
+    context = get_current_context()
+    params = context["params"]
+    out_dir = os.path.abspath(params["out_dir"])
+    demo = not params["source"]
+    return {
+        "run_id": new_run_id(),
+        "airflow_run_id": context["run_id"],
+        "demo": demo,
+        "source": os.path.join(out_dir, "demo_source") if demo else params["source"],
+        "source_label": "demo cohort (synthetic)" if demo else params["source"],
+        "registry_url": (params["registry_url"] or os.environ.get("DLMREG_REGISTRY_URL")
+                         or f"sqlite:///{os.path.join(out_dir, 'dlm_registry.sqlite')}"),
+        "out_dir": out_dir,
+        "followup_window_months": float(params["followup_window_months"]),
+    }
+
+
+@task(retries=3, retry_delay=timedelta(minutes=1), retry_exponential_backoff=2.0,
+      max_retry_delay=timedelta(minutes=30), execution_timeout=timedelta(hours=2))
+def stage(settings: dict) -> dict:
+    """Extract and stage the source; returns the settings plus the read/loaded/quarantined/excluded counts."""
+    from etl.tasks import materialise_demo_source, stage_task
+
+    if settings["demo"]:
+        materialise_demo_source(settings["source"])
+    counts = stage_task(settings["run_id"], settings["source"], settings["registry_url"])
+    return {**settings, "staged": counts}
+
+
+@task(execution_timeout=timedelta(hours=2))
+def map_load_derive(state: dict) -> dict:
+    """Map staging to OMOP + DLM rows, load them and derive lesion outcomes; adds the row counts."""
+    from etl.tasks import map_task
+
+    mapped = map_task(state["run_id"], state["source_label"], state["registry_url"],
+                      state["followup_window_months"])
+    return {**state, "mapped": mapped}
+
+
+@task(retries=0, execution_timeout=timedelta(hours=1))
+def quality_check(state: dict) -> dict:
+    """Run the quality suites; a failed critical check fails the task (no retry) and so the DAG run."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from etl.pipeline import RunFailed
+    from etl.tasks import check_task
+
+    try:
+        quality = check_task(state["run_id"], state["registry_url"])
+    except RunFailed as exc:
+        raise AirflowFailException(str(exc)) from exc
+    return {**state, "quality": quality}
+
+
+@task(execution_timeout=timedelta(hours=1))
+def publish(state: dict) -> str:
+    """Analyse the checked registry and write results.json, report.html and plots; returns the results path."""
+    from etl.tasks import publish_task
+
+    run_info = {"source": state["source_label"], "airflow_run_id": state["airflow_run_id"],
+                "followup_window_months": state["followup_window_months"], **state["staged"],
+                **state["mapped"]}
+    return publish_task(state["run_id"], state["registry_url"], state["out_dir"], run_info, state["quality"])
+
+
+@dag(
+    dag_id="dlm_registry",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["dlm", "fhir", "omop", "registry"],
+    default_args={"owner": "dlm-registry", "retries": 0},
+    params={
+        "source": Param("", type="string", title="FHIR source",
+                        description="directory or file readable by the workers; empty = the demo cohort"),
+        "registry_url": Param("", type="string", title="Registry URL",
+                              description="SQLAlchemy URL without password; empty = DLMREG_REGISTRY_URL "
+                                          "or SQLite in out_dir"),
+        "out_dir": Param(DEFAULT_OUT_DIR, type="string", minLength=1, title="Output directory"),
+        "followup_window_months": Param(24, type="number", exclusiveMinimum=0, title="Follow-up window (months)"),
+    },
+)
+def dlm_registry():
+    publish(quality_check(map_load_derive(stage(resolve_settings()))))
+
+
+dlm_registry()

@@ -1,0 +1,83 @@
+"""The registry schema equals the OMOP CDM v5.4 specification, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import csv
+import filecmp
+
+import pytest
+import sqlalchemy as sa
+
+from etl.registry import open_registry
+from registry_schema.cdm import FIELD_SPEC, SPEC_DIR, load_field_spec
+from tests.conftest import SHARED_REFERENCE
+
+TYPE_FAMILY = {"integer": "int", "float": "float", "date": "date", "datetime": "datetime"}
+
+
+def _family(datatype: str) -> str:
+    kind = datatype.lower()
+    return TYPE_FAMILY.get(kind, "text" if kind.startswith("varchar") else kind)
+
+
+def _db_family(column_type: sa.types.TypeEngine) -> str:
+    if isinstance(column_type, sa.Integer):
+        return "int"
+    if isinstance(column_type, (sa.Float, sa.Numeric)):
+        return "float"
+    if isinstance(column_type, sa.DateTime):
+        return "datetime"
+    if isinstance(column_type, sa.Date):
+        return "date"
+    if isinstance(column_type, (sa.String, sa.Text)):
+        return "text"
+    return type(column_type).__name__
+
+
+@pytest.mark.skipif(not SHARED_REFERENCE.exists(), reason="shared/reference not beside the checkout")
+def test_shipped_spec_is_the_official_one():
+    for name in ("OMOP_CDMv5.4_Field_Level.csv", "OMOP_CDMv5.4_Table_Level.csv"):
+        assert filecmp.cmp(SPEC_DIR / name, SHARED_REFERENCE / "omop_cdm_v5.4" / name, shallow=False)
+
+
+def test_every_spec_table_and_column_exists_with_type_nullability_and_key(registry_url):
+    registry = open_registry(registry_url)
+    inspector = sa.inspect(registry.engine)
+    schema = registry.schemas.cdm
+    with FIELD_SPEC.open(newline="") as handle:
+        spec = list(csv.DictReader(handle))
+    tables = {row["cdmTableName"].lower() for row in spec}
+    assert tables <= set(inspector.get_table_names(schema=schema))
+    assert len(tables) == 39
+    columns = {t: {c["name"]: c for c in inspector.get_columns(t, schema=schema)} for t in tables}
+    for row in spec:
+        table, field = row["cdmTableName"].lower(), row["cdmFieldName"].lower()
+        column = columns[table].get(field)
+        assert column is not None, f"{table}.{field} missing"
+        assert _db_family(column["type"]) == _family(row["cdmDatatype"]), f"{table}.{field} type"
+        required = row["isRequired"] == "Yes" or row["isPrimaryKey"] == "Yes"
+        assert column["nullable"] is (not required), f"{table}.{field} nullability"
+        if row["cdmDatatype"].lower().startswith("varchar(") and "max" not in row["cdmDatatype"].lower():
+            assert column["type"].length == int(row["cdmDatatype"][8:-1]), f"{table}.{field} length"
+    for table in tables:
+        expected = {r["cdmFieldName"].lower() for r in spec
+                    if r["cdmTableName"].lower() == table and r["isPrimaryKey"] == "Yes"}
+        assert set(inspector.get_pk_constraint(table, schema=schema)["constrained_columns"]) == expected
+        assert set(columns[table]) == {r["cdmFieldName"].lower() for r in spec if r["cdmTableName"].lower() == table}
+
+
+def test_postgres_keeps_cdm_dlm_and_staging_apart(pg_url):
+    registry = open_registry(pg_url)
+    inspector = sa.inspect(registry.engine)
+    assert "person" in inspector.get_table_names(schema="cdm")
+    assert "dlm_lesion" in inspector.get_table_names(schema="dlm")
+    assert "fhir_resource" in inspector.get_table_names(schema="staging")
+    assert {"dlm_lesion_v", "dlm_patient_survival_v"} <= set(inspector.get_view_names(schema="dlm"))
+
+
+def test_opening_twice_is_harmless(registry_url):
+    open_registry(registry_url)
+    open_registry(registry_url)
+
+
+def test_spec_has_the_oncology_tables():
+    assert {"episode", "episode_event", "note", "note_nlp"} <= {f.table for f in load_field_spec()}
