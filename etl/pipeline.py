@@ -203,8 +203,9 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
         if results["quality"]["failed_critical"]:
             raise RunFailed("critical quality checks failed: " + ", ".join(results["quality"]["failed_critical_checks"]))
         log.info("analysis")
-        analyse_and_report(registry, settings.out_dir, results, settings.at_risk_times)
+        # Quality passed: the results are published (a failure from here on resets the status).
         results["run"]["status"] = "published"
+        analyse_and_report(registry, settings.out_dir, results, settings.at_risk_times)
     except RunFailed as exc:
         results["run"].update(status="failed", message=str(exc))
         raise

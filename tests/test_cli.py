@@ -24,6 +24,7 @@ def test_main_job_on_the_embedded_default(tmp_path):
         results["run"]["excluded"]
     assert results["npv"]["ct_and_mri_disappeared"]["lesions"] > 50
     assert "Traceback" not in completed.stderr
+    assert "<td>published</td>" in (out / "report.html").read_text().replace(" ", "")
 
 
 def test_missing_source_is_a_one_line_error(tmp_path, capsys):
