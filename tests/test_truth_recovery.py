@@ -14,26 +14,20 @@ from etl.pipeline import RunSettings, run
 from etl.stage.pseudonym import Pseudonymizer
 
 
-def _registry_lesions(url: str) -> dict[str, tuple]:
+def _keyed_rows(url: str, sql: str) -> dict[str, tuple]:
+    """Rows of `sql` keyed by their first column; {cdm}/{dlm} become schema prefixes on PostgreSQL."""
     engine = sa.create_engine(url)
-    schema = "dlm." if engine.dialect.name == "postgresql" else ""
+    postgres = engine.dialect.name == "postgresql"
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            f"SELECT l.lesion_source_value, o.dlm_group, o.outcome, o.handling FROM {schema}dlm_lesion l "
-            f"JOIN {schema}dlm_lesion_outcome o ON o.lesion_id = l.lesion_id")).all()
+        rows = conn.execute(sa.text(sql.format(cdm="cdm." if postgres else "", dlm="dlm." if postgres else ""))).all()
     engine.dispose()
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
-def _registry_patients(url: str) -> dict[str, tuple]:
-    engine = sa.create_engine(url)
-    cdm, dlm = ("cdm.", "dlm.") if engine.dialect.name == "postgresql" else ("", "")
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            f"SELECT p.person_source_value, c.strategy, c.rfs_months, c.rfs_event, c.os_months, c.os_event "
-            f"FROM {cdm}person p JOIN {dlm}dlm_patient_course c ON c.person_id = p.person_id")).all()
-    engine.dispose()
-    return {r[0]: tuple(r[1:]) for r in rows}
+LESIONS_SQL = ("SELECT l.lesion_source_value, o.dlm_group, o.outcome, o.handling FROM {dlm}dlm_lesion l "
+               "JOIN {dlm}dlm_lesion_outcome o ON o.lesion_id = l.lesion_id")
+PATIENTS_SQL = ("SELECT p.person_source_value, c.strategy, c.rfs_months, c.rfs_event, c.os_months, c.os_event "
+                "FROM {cdm}person p JOIN {dlm}dlm_patient_course c ON c.person_id = p.person_id")
 
 
 def _truth_npv(truth: dict, group: str) -> float:
@@ -46,7 +40,7 @@ def _check_against_truth(source, out, url):
     results = run(RunSettings(source=str(source), registry_url=url, out_dir=out, show_progress=False))
     truth = json.loads((source / "truth.json").read_text())
     pseudo = Pseudonymizer()
-    lesions = _registry_lesions(url)
+    lesions = _keyed_rows(url, LESIONS_SQL)
     assert len(lesions) == len(truth["lesions"])
     mismatches = []
     for t in truth["lesions"]:
@@ -54,7 +48,7 @@ def _check_against_truth(source, out, url):
         if got is None or got[0] != t["group"] or got[1] != t["outcome"]:
             mismatches.append((t, got))
     assert mismatches == []
-    patients = _registry_patients(url)
+    patients = _keyed_rows(url, PATIENTS_SQL)
     for t in truth["patients"]:
         strategy, rfs, rfs_event, os_, os_event = patients[pseudo.patient(t["patient"])]
         assert strategy == t["strategy"]

@@ -23,11 +23,9 @@ class IdAssigner:
             self._ids[(table, key)] = omop_id
             self._next[table] = max(self._next[table], omop_id + 1)
         self.new: list[dict] = []
-        self.used: set[tuple[str, str]] = set()
 
     def id(self, table: str, source_key: str, version_id: str | None = None) -> int:
         key = (table, source_key)
-        self.used.add(key)
         if key not in self._ids:
             self._ids[key] = self._next[table]
             self._next[table] += 1
