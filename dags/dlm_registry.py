@@ -4,13 +4,17 @@
 One manually triggered run of the disappearing-liver-metastases registry, the same stages `dlmreg run`
 runs in-process (`etl.tasks`), one Airflow task each:
 
-| task | what it does | on failure |
-|---|---|---|
-| `resolve_settings` | turns the run's params into a small settings dict and a new registry run id | fails fast |
-| `stage` | reads the FHIR source, pseudonymises, stages the cohort's resources, counts what it read | retried with exponential backoff |
-| `map_load_derive` | maps staging to OMOP + DLM rows, replaces the registry's rows, derives lesion outcomes (one transaction) | fails |
-| `quality_check` | runs the quality suites; **a failed critical check fails the DAG run** and nothing is published | fails, never retried |
-| `publish` | NPV, survival and the DREAM comparison from the registry; writes `results.json`, `report.html`, plots | fails |
+1. `resolve_settings`: the run's params -> a small settings dict and a new registry run id.
+2. `stage`: reads the FHIR source, pseudonymises and stages the cohort's resources, counts what it read
+   (`resources_read = loaded + quarantined + excluded`). Retried with exponential backoff.
+3. `map_load_derive`: maps staging to OMOP + DLM rows, replaces the registry's rows and derives lesion
+   outcomes, in one transaction.
+4. `quality_check`: runs the quality suites. **A failed critical check fails the task (no retry) and the
+   DAG run**, so nothing is published.
+5. `publish`: NPV, survival and the DREAM comparison from the registry; writes `results.json`,
+   `report.html` and the Kaplan-Meier plots to `out_dir`.
+6. `record_run` (teardown, runs whatever happened): records the outcome in `dlm_run`; a failed run
+   still writes `results.json` with its accounting. The DAG run's state still follows `publish`.
 
 **Params** (trigger with config):
 
@@ -38,31 +42,20 @@ from airflow.sdk import Param, dag, task
 DEFAULT_OUT_DIR = os.environ.get("DLMREG_OUT_DIR", "/tmp/dlmreg-out")
 
 
-@task(execution_timeout=timedelta(minutes=5))
+@task(multiple_outputs=False, execution_timeout=timedelta(minutes=5))
 def resolve_settings() -> dict:
     """Params -> settings for the run (paths and URLs only; no file or database access)."""
     from airflow.sdk import get_current_context
 
-    from etl.tasks import new_run_id
+    from etl.tasks import resolve_settings as resolve
 
     context = get_current_context()
-    params = context["params"]
-    out_dir = os.path.abspath(params["out_dir"])
-    demo = not params["source"]
-    return {
-        "run_id": new_run_id(),
-        "airflow_run_id": context["run_id"],
-        "demo": demo,
-        "source": os.path.join(out_dir, "demo_source") if demo else params["source"],
-        "source_label": "demo cohort (synthetic)" if demo else params["source"],
-        "registry_url": (params["registry_url"] or os.environ.get("DLMREG_REGISTRY_URL")
-                         or f"sqlite:///{os.path.join(out_dir, 'dlm_registry.sqlite')}"),
-        "out_dir": out_dir,
-        "followup_window_months": float(params["followup_window_months"]),
-    }
+    # A manual run may have no logical date; its run_after is then the run's date.
+    when = context.get("logical_date") or context["dag_run"].run_after
+    return resolve(dict(context["params"]), context["run_id"], when.date().isoformat())
 
 
-@task(retries=3, retry_delay=timedelta(minutes=1), retry_exponential_backoff=2.0,
+@task(multiple_outputs=False, retries=3, retry_delay=timedelta(minutes=1), retry_exponential_backoff=2.0,
       max_retry_delay=timedelta(minutes=30), execution_timeout=timedelta(hours=2))
 def stage(settings: dict) -> dict:
     """Extract and stage the source; returns the settings plus the read/loaded/quarantined/excluded counts."""
@@ -74,17 +67,17 @@ def stage(settings: dict) -> dict:
     return {**settings, "staged": counts}
 
 
-@task(execution_timeout=timedelta(hours=2))
+@task(multiple_outputs=False, execution_timeout=timedelta(hours=2))
 def map_load_derive(state: dict) -> dict:
     """Map staging to OMOP + DLM rows, load them and derive lesion outcomes; adds the row counts."""
     from etl.tasks import map_task
 
-    mapped = map_task(state["run_id"], state["source_label"], state["registry_url"],
+    mapped = map_task(state["run_id"], state["source_label"], state["registry_url"], state["today"],
                       state["followup_window_months"])
     return {**state, "mapped": mapped}
 
 
-@task(retries=0, execution_timeout=timedelta(hours=1))
+@task(multiple_outputs=False, retries=0, execution_timeout=timedelta(hours=1))
 def quality_check(state: dict) -> dict:
     """Run the quality suites; a failed critical check fails the task (no retry) and so the DAG run."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -93,7 +86,7 @@ def quality_check(state: dict) -> dict:
     from etl.tasks import check_task
 
     try:
-        quality = check_task(state["run_id"], state["registry_url"])
+        quality = check_task(state["run_id"], state["registry_url"], state["today"])
     except RunFailed as exc:
         raise AirflowFailException(str(exc)) from exc
     return {**state, "quality": quality}
@@ -104,10 +97,26 @@ def publish(state: dict) -> str:
     """Analyse the checked registry and write results.json, report.html and plots; returns the results path."""
     from etl.tasks import publish_task
 
-    run_info = {"source": state["source_label"], "airflow_run_id": state["airflow_run_id"],
+    run_info = {"source": state["source_label"], "airflow_run_id": state["orchestrator_run_id"],
                 "followup_window_months": state["followup_window_months"], **state["staged"],
                 **state["mapped"]}
     return publish_task(state["run_id"], state["registry_url"], state["out_dir"], run_info, state["quality"])
+
+
+@task(execution_timeout=timedelta(minutes=10))
+def record_run(settings: dict) -> str:
+    """Teardown: record the outcome in dlm_run whatever happened; a failed run still gets results.json."""
+    from airflow.sdk import get_current_context
+
+    from etl.tasks import record_run_task
+
+    ti = get_current_context()["ti"]
+    steps = ("stage", "map_load_derive", "quality_check", "publish")
+    outputs = {step: ti.xcom_pull(task_ids=step) for step in steps}
+    failed = next((step for step in steps if outputs[step] is None), None)
+    last = next((outputs[step] for step in reversed(steps[:-1]) if isinstance(outputs[step], dict)), {})
+    run_info = {**last.get("staged", {}), **({"quality": last["quality"]} if "quality" in last else {})}
+    return record_run_task(settings, run_info, published=failed is None, failed_step=failed)
 
 
 @dag(
@@ -129,7 +138,9 @@ def publish(state: dict) -> str:
     },
 )
 def dlm_registry():
-    publish(quality_check(map_load_derive(stage(resolve_settings()))))
+    settings = resolve_settings()
+    published = publish(quality_check(map_load_derive(stage(settings))))
+    published >> record_run(settings).as_teardown()
 
 
 dlm_registry()

@@ -29,6 +29,7 @@ from etl.vocabulary import CodeMap, load_code_map
 
 log = logging.getLogger(__name__)
 DEMO_PATIENTS, DEMO_SEED = 200, 1527
+DEMO_LABEL = "demo cohort (synthetic)"
 
 
 class RunFailed(Exception):
@@ -159,7 +160,8 @@ def write_unmapped_report(out_dir: Path, unmapped: list[dict]) -> Path:
     return path
 
 
-def _record_run(registry: Registry, run: dict) -> None:
+def record_run(registry: Registry, run: dict) -> None:
+    """Write (or rewrite) the run's row in dlm_run: status, message and the accounting."""
     table = registry.tables["dlm_run"]
     row = {k: run.get(k) for k in ("run_id", "started_at", "finished_at", "status", "source", "message",
                                    "resources_read", "loaded", "quarantined", "excluded")}
@@ -176,7 +178,7 @@ def run(settings: RunSettings) -> dict:
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     if settings.source is None:
         with demo_source() as directory:
-            return _run(settings, directory, "demo cohort (synthetic)")
+            return _run(settings, directory, DEMO_LABEL)
     return _run(settings, settings.source, str(settings.source))
 
 
@@ -214,7 +216,7 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
         raise
     finally:
         results["run"]["finished_at"] = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat()
-        _record_run(registry, {**results["run"], "started_at": started,
+        record_run(registry, {**results["run"], "started_at": started,
                                "finished_at": dt.datetime.fromisoformat(results["run"]["finished_at"])})
         write_results(settings.out_dir, results)
     return results

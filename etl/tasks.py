@@ -1,17 +1,46 @@
 """Task-sized entry points for orchestrators (Airflow): plain arguments in, JSON-able counts out.
 
 Each function opens the registry from its URL, runs one stage and returns counts and paths only, so
-nothing patient-level passes through XCom. They are the same stages `dlmreg run` calls.
+nothing patient-level passes through XCom. They are the same stages `dlmreg run` calls. Dates come
+from the orchestrator's run (`today`, ISO date), never from the wall clock, so a re-run of an old
+DAG run checks and labels data as that run did.
 """
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from pathlib import Path
 
 from etl import pipeline
 from etl.registry import open_registry
 from etl.vocabulary import load_code_map
+
+RUN_ID_NAMESPACE = uuid.UUID("6f1c3b1e-2c55-4f0e-9a51-3f1f4b0c7d11")
+
+
+def resolve_settings(params: dict, orchestrator_run_id: str, today: str) -> dict:
+    """Run parameters -> the settings every later task receives (paths and URLs only, no I/O).
+
+    (`started_at` is the one clock reading: when the run began.) An empty `source` means the demo cohort under `<out_dir>/demo_source`; an empty `registry_url`
+    means `DLMREG_REGISTRY_URL`, else SQLite in `out_dir`. The registry run id is derived from the
+    orchestrator's run id, so clearing and re-running a task keeps the same registry run.
+    """
+    out_dir = os.path.abspath(params["out_dir"])
+    demo = not params.get("source")
+    return {
+        "run_id": str(uuid.uuid5(RUN_ID_NAMESPACE, orchestrator_run_id)),
+        "orchestrator_run_id": orchestrator_run_id,
+        "started_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(),
+        "today": today,
+        "demo": demo,
+        "source": os.path.join(out_dir, "demo_source") if demo else params["source"],
+        "source_label": pipeline.DEMO_LABEL if demo else params["source"],
+        "registry_url": (params.get("registry_url") or os.environ.get("DLMREG_REGISTRY_URL")
+                         or f"sqlite:///{os.path.join(out_dir, 'dlm_registry.sqlite')}"),
+        "out_dir": out_dir,
+        "followup_window_months": float(params.get("followup_window_months", 24.0)),
+    }
 
 
 def materialise_demo_source(directory: str) -> str:
@@ -24,27 +53,23 @@ def materialise_demo_source(directory: str) -> str:
     return str(path)
 
 
-def new_run_id() -> str:
-    return str(uuid.uuid4())
-
-
 def stage_task(run_id: str, source: str, registry_url: str, mapping_dirs: list[str] = ()) -> dict:
     registry = open_registry(registry_url)
     return pipeline.stage(registry, source, load_code_map(map(Path, mapping_dirs)), run_id, show_progress=False)
 
 
-def map_task(run_id: str, source: str, registry_url: str, window_months: float = 24.0,
+def map_task(run_id: str, source: str, registry_url: str, today: str, window_months: float = 24.0,
              mapping_dirs: list[str] = ()) -> dict:
     registry = open_registry(registry_url)
     mapped = pipeline.map_load_derive(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
-                                      window_months, dt.date.today(), show_progress=False)
+                                      window_months, dt.date.fromisoformat(today), show_progress=False)
     return {"rows": mapped["rows"], "lesion_groups": mapped["lesion_groups"], "warnings": mapped["warnings"],
             "unmapped_codes": len(mapped["unmapped_codes"])}
 
 
-def check_task(run_id: str, registry_url: str) -> dict:
+def check_task(run_id: str, registry_url: str, today: str) -> dict:
     """Run the quality checks; raises RunFailed naming the failed critical checks (blocks publication)."""
-    quality = pipeline.check(open_registry(registry_url), run_id, dt.date.today())
+    quality = pipeline.check(open_registry(registry_url), run_id, dt.date.fromisoformat(today))
     if quality["failed_critical"]:
         raise pipeline.RunFailed("critical quality checks failed: " + ", ".join(quality["failed_critical_checks"]))
     return quality
@@ -59,3 +84,24 @@ def publish_task(run_id: str, registry_url: str, out_dir: str, run_info: dict, q
                "quality": quality}
     pipeline.analyse_and_report(registry, out, results)
     return str(pipeline.write_results(out, results))
+
+
+def record_run_task(settings: dict, run_info: dict, published: bool, failed_step: str | None) -> str:
+    """Record the run's outcome in dlm_run; a failed run also gets its results.json (with the accounting).
+
+    Called whatever happened upstream, so every run leaves a trace and the accounting is never lost.
+    """
+    registry = open_registry(settings["registry_url"])
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    status = "published" if published else "failed"
+    message = None if published else f"failed at {failed_step}"
+    counts = {k: run_info.get(k, 0) for k in ("resources_read", "loaded", "quarantined", "excluded")}
+    pipeline.record_run(registry, {"run_id": settings["run_id"],
+                                   "started_at": dt.datetime.fromisoformat(settings["started_at"]), "finished_at": now,
+                                   "status": status, "source": settings["source_label"], "message": message,
+                                   **counts})
+    if not published:
+        pipeline.write_results(Path(settings["out_dir"]), {"run": {
+            "run_id": settings["run_id"], "source": settings["source_label"], "status": status, "message": message,
+            **counts, **run_info}})
+    return status

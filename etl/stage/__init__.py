@@ -119,6 +119,8 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source: FileSou
     """
     with engine.begin() as conn:
         conn.execute(tables["fhir_resource"].delete())
+        # A repeated stage of the same run (a retried task) must not list its quarantine twice.
+        conn.execute(tables["dlm_quarantine"].delete().where(tables["dlm_quarantine"].c.run_id == run_id))
         stager = _Stager(conn, tables, pseudo, run_id, source.describe(), supported_types, show_progress)
         patients: dict[str, _Candidate] = {}
         conditions: list[_Candidate] = []
