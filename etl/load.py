@@ -14,8 +14,11 @@ REPLACED_TABLES = (
 
 
 def load_rows(conn: sa.Connection, tables: dict[str, sa.Table], rows: dict[str, list[dict]],
-              lineage: list[dict]) -> dict[str, int]:
-    """Replace REPLACED_TABLES with `rows`, add new lineage; returns row counts per table."""
+              lineage: list[dict], version_changes: list[dict] = ()) -> dict[str, int]:
+    """Replace REPLACED_TABLES with `rows`, add new lineage and record changed FHIR versions.
+
+    Returns row counts per table.
+    """
     unknown = set(rows) - set(REPLACED_TABLES)
     if unknown:
         raise ValueError(f"rows for tables that are not replaced by a load: {sorted(unknown)}")
@@ -27,6 +30,12 @@ def load_rows(conn: sa.Connection, tables: dict[str, sa.Table], rows: dict[str, 
         for start in range(0, len(batch), BATCH):
             conn.execute(table.insert(), batch[start:start + BATCH])
         counts[name] = len(batch)
+    lineage_table = tables["dlm_lineage"]
     for start in range(0, len(lineage), BATCH):
-        conn.execute(tables["dlm_lineage"].insert(), lineage[start:start + BATCH])
+        conn.execute(lineage_table.insert(), lineage[start:start + BATCH])
+    if version_changes:
+        conn.execute(lineage_table.update()
+                     .where(lineage_table.c.omop_table == sa.bindparam("t"),
+                            lineage_table.c.source_key == sa.bindparam("k"))
+                     .values(fhir_version_id=sa.bindparam("v")), list(version_changes))
     return counts

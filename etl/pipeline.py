@@ -76,7 +76,7 @@ def map_load_derive(registry: Registry, codes: CodeMap, run_id: str, source: str
         ctx = map_staging(conn, t, codes, show_progress)
         ctx.rows["source_to_concept_map"] = source_to_concept_rows(codes)
         ctx.rows["cdm_source"] = [cdm_source_row(codes, source, today)]
-        counts = load_rows(conn, t, ctx.rows, ctx.ids.new)
+        counts = load_rows(conn, t, ctx.rows, ctx.ids.new, ctx.ids.version_changes)
         groups = derive(conn, t, window_months)
         unmapped = [{"run_id": run_id, "source_system": s[:255], "source_code": c[:255], "field": f,
                      "occurrences": n} for (s, c, f), n in sorted(codes.unmapped.items())]
@@ -191,6 +191,8 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
     codes = load_code_map(settings.mapping_dirs)
     registry = open_registry(settings.resolved_registry_url())
     results["run"]["registry"] = registry.safe_url
+    # A run that dies (killed, machine lost) stays visible as `running` in dlm_run.
+    record_run(registry, {**results["run"], "started_at": started})
     try:
         log.info("stage: reading %s", source_label)
         results["run"].update(stage(registry, source, codes, run_id, settings.show_progress))

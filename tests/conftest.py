@@ -54,3 +54,18 @@ def cohort_factory(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_factory(request, tmp_path):
+    """new_url() -> a fresh, empty registry database of the parametrised kind (several per test)."""
+    if request.param == "postgresql" and not os.environ.get("DLMREG_TEST_PG_URL"):
+        pytest.skip("DLMREG_TEST_PG_URL not set (scripts/test.sh starts a PostgreSQL)")
+    counter = iter(range(1000))
+
+    def new_url() -> str:
+        if request.param == "sqlite":
+            return f"sqlite:///{tmp_path / f'registry_{next(counter)}.sqlite'}"
+        return _fresh_pg_database()
+
+    return new_url

@@ -9,7 +9,7 @@ from etl.load import REPLACED_TABLES
 from etl.pipeline import RunSettings, run
 from etl.registry import open_registry
 
-RUN_SPECIFIC = {"run_id", "started_at", "finished_at"}
+RUN_SPECIFIC = {"run_id", "started_at", "finished_at", "staging_changes"}
 
 
 def _snapshot(url: str) -> dict[str, list]:
@@ -31,4 +31,7 @@ def test_second_run_changes_nothing(cohort_factory, tmp_path, registry_url):
     strip = lambda r: {**r, "run": {k: v for k, v in r["run"].items() if k not in RUN_SPECIFIC}}  # noqa: E731
     assert json.dumps(strip(first), sort_keys=True, default=str) == json.dumps(strip(second), sort_keys=True, default=str)
     assert first["run"]["run_id"] != second["run"]["run_id"]
+    loaded = first["run"]["loaded"]
+    assert first["run"]["staging_changes"] == {"new": loaded, "changed": 0, "unchanged": 0, "deleted": 0}
+    assert second["run"]["staging_changes"] == {"new": 0, "changed": 0, "unchanged": loaded, "deleted": 0}
     assert rows_first["person"], "the registry must not be empty"

@@ -1,8 +1,11 @@
-"""Stage: read a source, validate, keep only the cohort, de-identify, and store raw FHIR in staging.
+"""Stage: read a source, validate, keep only the cohort, de-identify, and upsert raw FHIR into staging.
 
-Preconditions: the registry tables exist. The cohort (patients with a liver-metastasis Condition) is
-found in a first pass over Patients and Conditions; the second pass streams everything else.
-A file source is a full snapshot, so staging is replaced as a whole, in one transaction.
+Preconditions: the registry tables exist. Staging is keyed on the FHIR identity (type, id): a resource
+whose canonical JSON hash is unchanged is skipped, a changed one replaces its row, a new one is inserted.
+A file source is a full snapshot, so staged resources it no longer contains (deleted at the source, or
+of a patient who left the cohort) are removed. The cohort (patients with a liver-metastasis Condition)
+is found in a first pass over Patients and Conditions; the second pass streams everything else.
+Everything happens in one transaction.
 """
 from __future__ import annotations
 
@@ -35,6 +38,15 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
 
 
+def canonical_hash(resource: dict) -> str:
+    """Hash of the resource as received, independent of key order and white space."""
+    return _sha(json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+
+
+def _last_updated(resource: dict) -> str:
+    return str((resource.get("meta") or {}).get("lastUpdated") or "")
+
+
 class _Stager:
     def __init__(self, conn: sa.Connection, tables, pseudo: Pseudonymizer, run_id: str, source: str,
                  supported_types: frozenset[str], show_progress: bool | None):
@@ -42,8 +54,11 @@ class _Stager:
         self.supported_types = supported_types
         self.staging, self.quarantine_table = tables["fhir_resource"], tables["dlm_quarantine"]
         self.acct = Accounting()
-        self.seen: dict[tuple[str, str], str] = {}
-        self.batch: list[dict] = []
+        s = self.staging
+        self.existing: dict[tuple[str, str], str] = {
+            (t, i): h for t, i, h in conn.execute(sa.select(s.c.resource_type, s.c.resource_id, s.c.sha256))}
+        self.seen: dict[tuple[str, str], str] = {}   # staging key -> lastUpdated of the copy kept
+        self.inserts: list[dict] = []
         self.progress = Progress("staged resources", show_progress)
 
     def quarantine(self, record: RawRecord, reason: str, resource_type: str | None) -> None:
@@ -64,61 +79,71 @@ class _Stager:
         elif owner not in cohort:
             self.acct.excluded["patient not in cohort"] += 1
         else:
-            self.stage(record, resource)
+            self.stage(resource)
 
-    def stage(self, record: RawRecord, resource: dict) -> None:
-        key = (resource["resourceType"], resource["id"])
-        if key in self.seen:
-            # Same identity twice in one snapshot: the later line wins only if it says it is newer.
-            self.acct.excluded["duplicate resource id"] += 1
-            if _last_updated(resource) > self.seen[key]:
-                self._flush()
-                self._write(record, resource, update=True)
-            return
-        self.seen[key] = _last_updated(resource)
-        self.acct.loaded += 1
-        self._write(record, resource)
-
-    def _write(self, record: RawRecord, resource: dict, update: bool = False) -> None:
+    def stage(self, resource: dict) -> None:
         clean = deidentify(resource, self.pseudo)
+        key = (resource["resourceType"], clean["id"])
+        duplicate = key in self.seen
+        if duplicate:
+            # Same identity twice in one input: the later copy wins only if it says it is newer.
+            self.acct.excluded["duplicate resource id"] += 1
+            if _last_updated(resource) <= self.seen[key]:
+                return
+        else:
+            self.acct.loaded += 1
+            self.progress.step()
+        self.seen[key] = _last_updated(resource)
+        digest = canonical_hash(resource)
+        previous = self.existing.get(key)
+        if previous == digest:
+            self.acct.changes["unchanged"] += 1
+            return
         owner = patient_of(resource)
         meta = resource.get("meta") or {}
         row = {
-            "resource_type": resource["resourceType"], "resource_id": clean["id"],
-            "version_id": meta.get("versionId"), "last_updated": meta.get("lastUpdated"),
-            "patient_key": self.pseudo.patient(owner) if owner else None, "sha256": _sha(record.text),
-            "source": self.source, "resource_json": json.dumps(clean, separators=(",", ":"), ensure_ascii=False),
+            "resource_type": key[0], "resource_id": key[1], "version_id": meta.get("versionId"),
+            "last_updated": meta.get("lastUpdated"), "patient_key": self.pseudo.patient(owner) if owner else None,
+            "sha256": digest, "source": self.source,
+            "resource_json": json.dumps(clean, separators=(",", ":"), ensure_ascii=False),
         }
-        if update:
-            t = self.staging
-            self.conn.execute(t.update().where(t.c.resource_type == row["resource_type"],
-                                               t.c.resource_id == row["resource_id"]), row)
+        self.existing[key] = digest
+        if previous is None and not duplicate:
+            self.acct.changes["new"] += 1
+            self.inserts.append(row)
+            if len(self.inserts) >= BATCH:
+                self.flush()
             return
-        self.batch.append(row)
-        self.progress.step()
-        if len(self.batch) >= BATCH:
-            self._flush()
+        self.flush()  # the row to update may still be waiting in the insert batch
+        if not duplicate:
+            self.acct.changes["changed"] += 1
+        s = self.staging
+        self.conn.execute(s.update().where(s.c.resource_type == key[0], s.c.resource_id == key[1]), row)
 
-    def _flush(self) -> None:
-        if self.batch:
-            self.conn.execute(self.staging.insert(), self.batch)
-            self.batch = []
+    def flush(self) -> None:
+        if self.inserts:
+            self.conn.execute(self.staging.insert(), self.inserts)
+            self.inserts = []
 
-
-def _last_updated(resource: dict) -> str:
-    return str((resource.get("meta") or {}).get("lastUpdated") or "")
+    def remove_unseen(self) -> None:
+        """The source is a full snapshot: staged resources it no longer has are deleted."""
+        self.flush()
+        gone = [key for key in self.existing if key not in self.seen]
+        s = self.staging
+        for resource_type, resource_id in gone:
+            self.conn.execute(s.delete().where(s.c.resource_type == resource_type, s.c.resource_id == resource_id))
+        self.acct.changes["deleted"] += len(gone)
 
 
 def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source: FileSource, codes: CodeMap,
                  pseudo: Pseudonymizer, run_id: str, supported_types: frozenset[str],
                  show_progress: bool | None = None) -> Accounting:
-    """Replace staging with the cohort's resources from `source`; returns the accounting.
+    """Upsert the cohort's resources from `source` into staging; returns the accounting.
 
     Resource types the registry does not map (`supported_types`) are excluded, not stored
     (minimum necessary).
     """
     with engine.begin() as conn:
-        conn.execute(tables["fhir_resource"].delete())
         # A repeated stage of the same run (a retried task) must not list its quarantine twice.
         conn.execute(tables["dlm_quarantine"].delete().where(tables["dlm_quarantine"].c.run_id == run_id))
         stager = _Stager(conn, tables, pseudo, run_id, source.describe(), supported_types, show_progress)
@@ -149,6 +174,6 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source: FileSou
                 stager.quarantine(record, parsed.reason, parsed.resource_type)
             else:
                 stager.route(record, parsed, patients, cohort)
-        stager._flush()
+        stager.remove_unseen()
         stager.progress.done()
     return stager.acct

@@ -10,6 +10,7 @@ class Accounting:
     loaded: int = 0
     quarantined: Counter = field(default_factory=Counter)
     excluded: Counter = field(default_factory=Counter)
+    changes: Counter = field(default_factory=Counter)   # staging: new / changed / unchanged / deleted
 
     @property
     def resources_read(self) -> int:
@@ -23,4 +24,5 @@ class Accounting:
             "excluded": sum(self.excluded.values()),
             "quarantined_by_reason": dict(sorted(self.quarantined.items())),
             "excluded_by_reason": dict(sorted(self.excluded.items())),
+            "staging_changes": {k: self.changes[k] for k in ("new", "changed", "unchanged", "deleted")},
         }

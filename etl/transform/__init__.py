@@ -74,11 +74,13 @@ def map_staging(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap
     staging = tables["fhir_resource"]
     progress = Progress("mapped resources", show_progress)
     for resource_type in LOAD_ORDER:
-        query = (sa.select(staging.c.resource_json).where(staging.c.resource_type == resource_type)
-                 .order_by(staging.c.resource_id))
-        for (text,) in conn.execute(query.execution_options(yield_per=5000)):
+        query = (sa.select(staging.c.resource_json, staging.c.version_id)
+                 .where(staging.c.resource_type == resource_type).order_by(staging.c.resource_id))
+        for text, version in conn.execute(query.execution_options(yield_per=5000)):
+            ctx.ids.version = version
             TRANSFORMS[resource_type](json.loads(text), ctx)
             progress.step()
+    ctx.ids.version = None  # rows derived after the pass (periods, episodes) carry no FHIR version
     progress.done()
     facts.finalize(ctx)
     observation_period.build(ctx)

@@ -15,22 +15,35 @@ from etl.vocabulary import CodeMap
 
 
 class IdAssigner:
+    """Stable OMOP ids per (table, FHIR key), remembered in dlm_lineage with the FHIR versionId.
+
+    `version` is the versionId of the resource being mapped; the transforms need not pass it.
+    """
+
     def __init__(self, conn: sa.Connection, lineage: sa.Table):
         self._ids: dict[tuple[str, str], int] = {}
+        self._versions: dict[tuple[str, str], str | None] = {}
         self._next: dict[str, int] = defaultdict(lambda: 1)
-        for table, key, omop_id in conn.execute(sa.select(lineage.c.omop_table, lineage.c.source_key,
-                                                          lineage.c.omop_id)):
+        query = sa.select(lineage.c.omop_table, lineage.c.source_key, lineage.c.omop_id, lineage.c.fhir_version_id)
+        for table, key, omop_id, version in conn.execute(query):
             self._ids[(table, key)] = omop_id
+            self._versions[(table, key)] = version
             self._next[table] = max(self._next[table], omop_id + 1)
+        self.version: str | None = None
         self.new: list[dict] = []
+        self.version_changes: list[dict] = []
 
-    def id(self, table: str, source_key: str, version_id: str | None = None) -> int:
+    def id(self, table: str, source_key: str) -> int:
         key = (table, source_key)
         if key not in self._ids:
             self._ids[key] = self._next[table]
             self._next[table] += 1
+            self._versions[key] = self.version
             self.new.append({"omop_table": table, "source_key": source_key, "omop_id": self._ids[key],
-                             "fhir_version_id": version_id})
+                             "fhir_version_id": self.version})
+        elif self._versions[key] != self.version:
+            self._versions[key] = self.version
+            self.version_changes.append({"t": table, "k": source_key, "v": self.version})
         return self._ids[key]
 
 
@@ -62,6 +75,7 @@ class MapContext:
     mri_protocol: dict[str, dict[str, bool]] = field(default_factory=lambda: defaultdict(dict))
     sizes: dict[tuple[int, str], float | None] = field(default_factory=dict)  # (lesion_id, report) -> mm
     warnings: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    event_keys: dict[int, str] = field(default_factory=dict)       # dlm event id -> FHIR source key
 
     def person_id(self, resource: dict) -> int | None:
         for key in ("subject", "patient"):
@@ -76,6 +90,8 @@ class MapContext:
 
     def event(self, person_id: int, event: str, start: dt.date, end: dt.date | None, omop_table: str,
               omop_id: int, source_key: str) -> None:
+        event_id = self.ids.id("dlm_clinical_event", source_key)
+        self.event_keys[event_id] = source_key
         self.add("dlm_clinical_event", {
-            "event_id": self.ids.id("dlm_clinical_event", source_key), "person_id": person_id, "event": event,
+            "event_id": event_id, "person_id": person_id, "event": event,
             "start_date": start, "end_date": end, "omop_table": omop_table, "omop_id": omop_id})

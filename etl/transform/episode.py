@@ -36,7 +36,8 @@ def build(ctx: MapContext) -> None:
     for event in ctx.rows.get("dlm_clinical_event", []):
         if event["event"] == "chemotherapy" and event["omop_table"] == "procedure_occurrence":
             end = event["end_date"] or event["start_date"]
-            episode_id = _episode(ctx, f"regimen/{event['omop_id']}", event["person_id"], "episode_treatment_regimen",
+            episode_id = _episode(ctx, ctx.event_keys[event["event_id"]] + "#regimen", event["person_id"],
+                                  "episode_treatment_regimen",
                                   event["start_date"], end, 0, "chemotherapy")
             _link(ctx, episode_id, event["omop_id"], "field_procedure_occurrence_id")
             for drug in drugs_by_person.get(event["person_id"], []):
@@ -44,7 +45,7 @@ def build(ctx: MapContext) -> None:
                     _link(ctx, episode_id, drug["drug_exposure_id"], "field_drug_exposure_id")
         elif event["event"] == "recurrence":
             condition = conditions[event["omop_id"]]
-            episode_id = _episode(ctx, f"recurrence/{event['omop_id']}", event["person_id"],
+            episode_id = _episode(ctx, ctx.event_keys[event["event_id"]] + "#recurrence", event["person_id"],
                                   "episode_disease_recurrence", event["start_date"], None,
                                   condition["condition_concept_id"], "recurrence")
             _link(ctx, episode_id, event["omop_id"], "field_condition_occurrence_id")

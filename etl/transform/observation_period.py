@@ -30,9 +30,10 @@ def build(ctx: MapContext) -> None:
                 if day is not None:
                     span = spans.setdefault(row["person_id"], [day, day])
                     span[0], span[1] = min(span[0], day), max(span[1], day)
+    patient_of = {person_id: patient for patient, person_id in ctx.persons.items()}
     for person_id, (start, end) in sorted(spans.items()):
         ctx.add("observation_period", {
-            "observation_period_id": ctx.ids.id("observation_period", f"person/{person_id}"),
+            "observation_period_id": ctx.ids.id("observation_period", f"Patient/{patient_of[person_id]}#period"),
             "person_id": person_id, "observation_period_start_date": start, "observation_period_end_date": end,
             "period_type_concept_id": ctx.codes.convention("type_observation_period"),
         })

@@ -1,0 +1,82 @@
+"""Acceptance (registry loads): loading the same input twice, or the input with 1% of resources
+changed and 1% deleted, gives the same registry as a fresh load of the final input."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+from etl.pipeline import RunSettings, run
+from tests.registry_compare import assert_same_registry
+
+
+def change_and_delete(source, target, seed: int, share: float = 0.01) -> dict:
+    """Copy a cohort, changing `share` of the resources (new version, flipped values) and deleting `share`."""
+    rng = random.Random(seed)
+    target.mkdir()
+    counts = {"changed": 0, "deleted": 0}
+    for path in sorted(source.glob("*.ndjson")):
+        kept = []
+        for line in path.read_text().splitlines():
+            draw = rng.random()
+            if draw < share and path.name != "Patient.ndjson":
+                counts["deleted"] += 1
+                continue
+            if draw < 2 * share:
+                resource = json.loads(line)
+                resource["meta"] = {"versionId": "2", "lastUpdated": "2026-01-01T00:00:00Z"}
+                if isinstance(resource.get("valueBoolean"), bool):
+                    resource["valueBoolean"] = not resource["valueBoolean"]
+                line = json.dumps(resource)
+                counts["changed"] += 1
+            kept.append(line)
+        (target / path.name).write_text("\n".join(kept) + "\n")
+    shutil.copy(source / "truth.json", target / "truth.json")
+    return counts
+
+
+def _load(source, url, out):
+    return run(RunSettings(source=str(source), registry_url=url, out_dir=out, show_progress=False))
+
+
+def test_changed_and_deleted_input_equals_fresh_load(cohort_factory, tmp_path, registry_factory):
+    original = cohort_factory(40, 9)
+    final = tmp_path / "final"
+    counts = change_and_delete(original, final, seed=1)
+    assert counts["changed"] > 10 and counts["deleted"] > 10
+    incremental, fresh = registry_factory(), registry_factory()
+    _load(original, incremental, tmp_path / "o1")
+    second = _load(final, incremental, tmp_path / "o2")
+    changes = second["run"]["staging_changes"]
+    assert changes["deleted"] >= counts["deleted"] and changes["changed"] > 0 and changes["new"] == 0
+    fresh_results = _load(final, fresh, tmp_path / "o3")
+    assert_same_registry(incremental, fresh)
+    assert second["npv"] == fresh_results["npv"]
+    _load(final, incremental, tmp_path / "o4")
+    assert_same_registry(incremental, fresh)
+
+
+def test_failed_load_leaves_previous_state(cohort_factory, tmp_path, monkeypatch):
+    """A failure inside the load transaction rolls back: the registry is what it was before."""
+    import etl.pipeline
+    from tests.registry_compare import canonical_registry
+
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    _load(cohort_factory(20, 2), url, tmp_path / "o1")
+    before = canonical_registry(url)
+
+    def broken_derive(*args, **kwargs):
+        raise RuntimeError("simulated failure after the rows were written")
+
+    monkeypatch.setattr(etl.pipeline, "derive", broken_derive)
+    changed = tmp_path / "changed"
+    change_and_delete(cohort_factory(20, 2), changed, seed=3, share=0.05)
+    try:
+        _load(changed, url, tmp_path / "o2")
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the simulated failure did not surface")
+    after = canonical_registry(url)
+    assert {k: v for k, v in after.items() if k != "fhir_resource"} == \
+        {k: v for k, v in before.items() if k != "fhir_resource"}
