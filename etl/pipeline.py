@@ -26,6 +26,7 @@ from etl.stage.pseudonym import Pseudonymizer
 from etl.transform import SUPPORTED_TYPES, map_staging
 from etl.transform.vocabulary_tables import cdm_source_row, source_to_concept_rows
 from etl.vocabulary import CodeMap, load_code_map
+from registry_schema.constraints import apply_constraints
 
 log = logging.getLogger(__name__)
 DEMO_PATIENTS, DEMO_SEED = 200, 1527
@@ -83,6 +84,8 @@ def map_load_derive(registry: Registry, codes: CodeMap, run_id: str, source: str
         conn.execute(t["dlm_unmapped_code"].delete().where(t["dlm_unmapped_code"].c.run_id == run_id))
         if unmapped:
             conn.execute(t["dlm_unmapped_code"].insert(), unmapped)
+    # Constraints after the bulk load (a no-op once they exist; on PostgreSQL later loads run under them).
+    apply_constraints(registry.engine, registry.schemas, registry.tables)
     return {"rows": counts, "lesion_groups": groups, "warnings": dict(ctx.warnings),
             "unmapped_codes": [{k: u[k] for k in ("source_system", "source_code", "field", "occurrences")}
                                for u in unmapped]}

@@ -81,3 +81,30 @@ def test_opening_twice_is_harmless(registry_url):
 
 def test_spec_has_the_oncology_tables():
     assert {"episode", "episode_event", "note", "note_nlp"} <= {f.table for f in load_field_spec()}
+
+
+def test_constraints_step_creates_indexes_and_postgres_foreign_keys(registry_url):
+    from registry_schema.constraints import apply_constraints, foreign_keys, index_columns
+
+    registry = open_registry(registry_url)
+    created = apply_constraints(registry.engine, registry.schemas, registry.tables)
+    assert created["indexes"] == len(index_columns(registry.tables)) > 30
+    assert apply_constraints(registry.engine, registry.schemas, registry.tables) == {"indexes": 0, "foreign_keys": 0}
+    inspector = sa.inspect(registry.engine)
+    indexed = {(t, tuple(i["column_names"])) for t in registry.tables
+               for i in inspector.get_indexes(t, schema=registry.tables[t].schema)}
+    assert ("condition_occurrence", ("condition_concept_id",)) in indexed
+    if registry.engine.dialect.name != "postgresql":
+        return
+    assert created["foreign_keys"] == len(foreign_keys()) > 60
+    assert not any(k.target_table == "concept" for k in foreign_keys())
+    person = registry.tables["person"]
+    orphan = {"condition_occurrence_id": 1, "person_id": 999, "condition_concept_id": 0,
+              "condition_start_date": sa.func.current_date(), "condition_type_concept_id": 0}
+    with pytest.raises(sa.exc.IntegrityError):
+        with registry.engine.begin() as conn:
+            conn.execute(registry.tables["condition_occurrence"].insert().values(**orphan))
+    with registry.engine.begin() as conn:  # deferred: parent may come after the child in one transaction
+        conn.execute(registry.tables["condition_occurrence"].insert().values(**orphan))
+        conn.execute(person.insert().values(person_id=999, gender_concept_id=0, year_of_birth=1950,
+                                            race_concept_id=0, ethnicity_concept_id=0))
