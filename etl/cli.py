@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--at-risk-every", type=float, default=6.0, metavar="MONTHS")
     run.add_argument("--at-risk-until", type=float, default=60.0, metavar="MONTHS")
     run.add_argument("--no-progress", action="store_true")
+
+    dictionary = commands.add_parser("data-dictionary", help="print (or write) the registry's data dictionary")
+    dictionary.add_argument("--out", type=Path, help="write Markdown here instead of printing it")
     return parser
 
 
@@ -72,6 +75,20 @@ def _run(args) -> int:
     return 0
 
 
+def _data_dictionary(args) -> int:
+    from registry_schema.dictionary import render_data_dictionary
+
+    text = render_data_dictionary()
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+COMMANDS = {"synth": _synth, "run": _run, "data-dictionary": _data_dictionary}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -81,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import sqlalchemy.exc
 
     try:
-        return _synth(args) if args.command == "synth" else _run(args)
+        return COMMANDS[args.command](args)
     except RunFailed as exc:
         print(f"dlmreg: {exc}", file=sys.stderr)
         return EXIT_CHECK_FAILED
