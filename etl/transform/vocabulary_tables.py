@@ -3,13 +3,14 @@
 | rule | destination | source | logic |
 |---|---|---|---|
 | V1 | source_to_concept_map | every row of the loaded mapping CSVs | source_vocabulary_id = short name of the FHIR system |
-| V2 | cdm_source | run settings | FHIR version R4 (parsed with fhir.resources R4B), mapping digest as vocabulary_version |
+| V2 | cdm_source | run settings | FHIR version R4 (parsed with fhir.resources R4B), mapping digest as vocabulary_version, ETL version, site name from DLMREG_SITE_NAME |
 | V3 | cdm_source.cdm_version_concept_id | none | 0: the concept for CDM v5.4 was not verified in a public source |
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 from importlib.metadata import PackageNotFoundError, version
 
 from etl.vocabulary import CodeMap
@@ -47,10 +48,11 @@ def _package_version() -> str:
 def cdm_source_row(codes: CodeMap, source: str, today: dt.date) -> dict:
     digest = hashlib.sha256(repr(sorted((m.system, m.code, m.concept_id) for m in codes.mappings)).encode())
     return {
-        "cdm_source_name": "DLM registry", "cdm_source_abbreviation": "DLMREG", "cdm_holder": "registry site",
-        "source_description": f"FHIR R4 ({source}) parsed with fhir.resources R4B; dlm-registry ETL "
-                              f"{_package_version()}",
-        "source_documentation_reference": "docs/fhir_profile.md", "cdm_etl_reference": "dlm-registry",
+        "cdm_source_name": "DLM registry", "cdm_source_abbreviation": "DLMREG",
+        "cdm_holder": os.environ.get("DLMREG_SITE_NAME", "registry site")[:255],
+        "source_description": f"FHIR R4 ({source}) parsed with fhir.resources R4B models",
+        "source_documentation_reference": "docs/fhir_profile.md",
+        "cdm_etl_reference": f"dlm-registry {_package_version()}",
         "source_release_date": today, "cdm_release_date": today, "cdm_version": "v5.4",
         "cdm_version_concept_id": 0, "vocabulary_version": "dlmreg " + digest.hexdigest()[:12],  # varchar(20)
     }
