@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from etl.lesions import facts, identity
 from etl.progress import Progress
-from etl.transform import (condition_occurrence, drug_exposure, episode, measurement, note, observation,
-                           observation_period, person, procedure_occurrence)
+from etl.transform import condition_occurrence, drug_exposure, episode, note, observation_period, person, procedure_occurrence
+from etl.transform.domain import Fact, route
 from etl.transform.context import IdAssigner, MapContext
 from etl.transform.fhirdata import effective_dates, first_reference_id, observation_value
 from etl.vocabulary import UNMAPPED_DOMAIN, CodeMap
@@ -38,9 +38,9 @@ def _observation(obs: dict, ctx: MapContext) -> None:
     type_meaning = REPORT_TYPE.get(report.meaning if report else "", "type_ehr")
     study_id = (report.procedure_occurrence_id if report else None) or (
         procedure.procedure_occurrence_id if procedure else None)
-    domain = mapping.domain if mapping else UNMAPPED_DOMAIN
-    family = measurement if domain == "Measurement" else observation
-    family.transform(obs, mapping, source, value, when, type_meaning, study_id, ctx)
+    fact = Fact("Observation/" + obs["id"], ctx.person_id(obs), mapping, source, when, None,
+                obs.get("effectiveDateTime"), type_meaning, value, study_id)
+    route(fact, UNMAPPED_DOMAIN, ctx)
     meaning = mapping.meaning if mapping else None
     if meaning in facts.LESION_FACTS:
         facts.record_fact(obs, meaning, value, report_id, when, ctx)

@@ -59,7 +59,7 @@ class ReportInfo:
 class ProcedureInfo:
     meaning: str | None
     date: dt.date | None
-    procedure_occurrence_id: int
+    procedure_occurrence_id: int | None   # None when the code's domain routed it to another table
 
 
 @dataclass

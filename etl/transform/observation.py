@@ -13,22 +13,21 @@ IOUS findings, pathology viability, MRI protocol flags: mostly local codes with 
 from __future__ import annotations
 
 from etl.transform.context import MapContext
+from etl.transform.domain import Fact
 from etl.transform.fhirdata import to_datetime
-from etl.vocabulary import Mapping
 
 
-def transform(obs: dict, mapping: Mapping | None, source: str, value: dict, when, type_meaning: str,
-              event_id: int | None, ctx: MapContext) -> tuple[str, int]:
-    row_id = ctx.ids.id("observation", "Observation/" + obs["id"])
+def row(fact: Fact, ctx: MapContext) -> tuple[str, int]:
+    row_id = ctx.ids.id("observation", fact.key)
+    value = fact.value
     ctx.add("observation", {
-        "observation_id": row_id, "person_id": ctx.person_id(obs),
-        "observation_concept_id": mapping.concept_id if mapping else 0,
-        "observation_date": when, "observation_datetime": to_datetime(obs.get("effectiveDateTime")),
-        "observation_type_concept_id": ctx.codes.convention(type_meaning),
+        "observation_id": row_id, "person_id": fact.person_id, "observation_concept_id": fact.concept_id,
+        "observation_date": fact.start, "observation_datetime": to_datetime(fact.start_text),
+        "observation_type_concept_id": ctx.codes.convention(fact.type_meaning),
         "value_as_number": value["number"], "value_as_string": (value["text"] or "")[:60] or None,
-        "observation_source_value": source[:50], "observation_source_concept_id": 0,
+        "observation_source_value": fact.source[:50], "observation_source_concept_id": 0,
         "value_source_value": (value["text"] or "")[:50] or None,
-        "observation_event_id": event_id,
-        "obs_event_field_concept_id": ctx.codes.convention("field_procedure_occurrence_id") if event_id else None,
+        "observation_event_id": fact.event_id,
+        "obs_event_field_concept_id": ctx.codes.convention("field_procedure_occurrence_id") if fact.event_id else None,
     })
     return "observation", row_id
