@@ -9,7 +9,7 @@ BATCH = 5000
 REPLACED_TABLES = (
     "person", "death", "condition_occurrence", "procedure_occurrence", "drug_exposure", "measurement",
     "observation", "note", "observation_period", "episode", "episode_event", "source_to_concept_map",
-    "cdm_source", "dlm_lesion", "dlm_lesion_assessment", "dlm_lesion_handling", "dlm_clinical_event",
+    "concept", "cdm_source", "dlm_lesion", "dlm_lesion_assessment", "dlm_lesion_handling", "dlm_clinical_event",
 )
 
 

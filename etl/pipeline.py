@@ -24,13 +24,14 @@ from etl.registry import Registry, open_registry
 from etl.stage import stage_source
 from etl.stage.pseudonym import Pseudonymizer
 from etl.transform import SUPPORTED_TYPES, map_staging
-from etl.transform.vocabulary_tables import cdm_source_row, source_to_concept_rows
+from etl.transform.vocabulary_tables import cdm_source_row, concept_rows, source_to_concept_rows
 from etl.vocabulary import CodeMap, load_code_map
 from registry_schema.constraints import apply_constraints
 
 log = logging.getLogger(__name__)
 DEMO_PATIENTS, DEMO_SEED = 200, 1527
 DEMO_LABEL = "demo cohort (synthetic)"
+UNMAPPED_COLUMNS = ["source_system", "source_code", "field", "reason", "occurrences"]
 
 
 class RunFailed(Exception):
@@ -77,18 +78,20 @@ def map_load_derive(registry: Registry, codes: CodeMap, run_id: str, source: str
         ctx = map_staging(conn, t, codes, show_progress)
         ctx.rows["source_to_concept_map"] = source_to_concept_rows(codes)
         ctx.rows["cdm_source"] = [cdm_source_row(codes, source, today)]
+        ctx.rows["concept"], unverified = concept_rows()
+        if unverified:
+            ctx.warnings["concepts.csv rows not loaded (required fields not verified)"] = unverified
         counts = load_rows(conn, t, ctx.rows, ctx.ids.new, ctx.ids.version_changes)
         groups = derive(conn, t, window_months)
         unmapped = [{"run_id": run_id, "source_system": s[:255], "source_code": c[:255], "field": f,
-                     "occurrences": n} for (s, c, f), n in sorted(codes.unmapped.items())]
+                     "reason": reason, "occurrences": n} for (s, c, f, reason), n in sorted(codes.unmapped.items())]
         conn.execute(t["dlm_unmapped_code"].delete().where(t["dlm_unmapped_code"].c.run_id == run_id))
         if unmapped:
             conn.execute(t["dlm_unmapped_code"].insert(), unmapped)
     # Constraints after the bulk load (a no-op once they exist; on PostgreSQL later loads run under them).
     apply_constraints(registry.engine, registry.schemas, registry.tables)
     return {"rows": counts, "lesion_groups": groups, "warnings": dict(ctx.warnings),
-            "unmapped_codes": [{k: u[k] for k in ("source_system", "source_code", "field", "occurrences")}
-                               for u in unmapped]}
+            "unmapped_codes": [{k: u[k] for k in UNMAPPED_COLUMNS} for u in unmapped]}
 
 
 def check(registry: Registry, run_id: str, today: dt.date) -> dict:
@@ -157,7 +160,7 @@ def write_unmapped_report(out_dir: Path, unmapped: list[dict]) -> Path:
 
     path = out_dir / "unmapped_codes.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["source_system", "source_code", "field", "occurrences"])
+        writer = csv.DictWriter(handle, fieldnames=UNMAPPED_COLUMNS)
         writer.writeheader()
         writer.writerows(unmapped)
     return path

@@ -32,6 +32,8 @@ class Mapping:
 
 
 UNMAPPED_DOMAIN = "Observation"
+NO_ROW = "no mapping row"
+ZERO_CONCEPT = "mapped to concept_id 0 (no verified concept)"
 
 
 class CodeMap:
@@ -40,7 +42,7 @@ class CodeMap:
     def __init__(self, rows: Iterable[Mapping], conventions: dict[str, int]):
         self._by_code = {(m.system, m.code): m for m in rows}
         self.conventions = conventions
-        self.unmapped: Counter[tuple[str, str, str]] = Counter()
+        self.unmapped: Counter[tuple[str, str, str, str]] = Counter()  # (system, code, field, reason)
 
     @property
     def mappings(self) -> list[Mapping]:
@@ -56,14 +58,20 @@ class CodeMap:
         for coding in codings:
             found = self._by_code.get((coding.get("system") or "", coding.get("code") or ""))
             if found:
+                self.note_concept(found, field)
                 return found, found.code
         for coding in codings:
-            self.unmapped[(coding.get("system") or "", coding.get("code") or "", field)] += 1
+            self.unmapped[(coding.get("system") or "", coding.get("code") or "", field, NO_ROW)] += 1
         if not codings:
             text = ((concept or {}).get("text") or "").strip()
-            self.unmapped[("", text[:255], field)] += 1
+            self.unmapped[("", text[:255], field, NO_ROW)] += 1
             return None, text
         return None, codings[0].get("code") or ""
+
+    def note_concept(self, found: Mapping, field: str) -> None:
+        """Report a code whose mapping row has concept 0 (no verified concept): stored as 0, listed."""
+        if found.concept_id == 0:
+            self.unmapped[(found.system, found.code, field, ZERO_CONCEPT)] += 1
 
     def meaning(self, concept: dict | None) -> str | None:
         """The registry meaning of a CodeableConcept, without counting it as unmapped."""

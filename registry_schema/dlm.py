@@ -128,8 +128,10 @@ def dlm_tables(metadata: sa.MetaData, schema: str | None = None) -> dict[str, sa
         _col("source_system", sa.String(255), False, primary_key=True),
         _col("source_code", sa.String(255), False, primary_key=True),
         _col("field", sa.String(64), False, primary_key=True, comment="FHIR type.element the code came from"),
+        _col("reason", sa.String(64), False, comment="no mapping row | mapped to concept_id 0 (no verified concept)"),
         _col("occurrences", sa.Integer, False),
-        schema=schema, comment="Codes with no row in mappings/ (stored with concept_id 0).",
+        schema=schema, comment="Codes stored with concept_id 0, per run: no row in mappings/, or a row without "
+                               "a verified concept.",
     )
     t["dlm_quality_result"] = sa.Table(
         "dlm_quality_result", metadata,

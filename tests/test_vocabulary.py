@@ -57,4 +57,8 @@ def test_unmapped_codes_are_counted_with_their_field():
     mapping, source = codes.lookup({"coding": [{"system": "urn:local", "code": "XYZ"}]}, "Procedure.code")
     assert mapping is None and source == "XYZ"
     codes.lookup({"coding": [{"system": "urn:local", "code": "XYZ"}]}, "Procedure.code")
-    assert codes.unmapped[("urn:local", "XYZ", "Procedure.code")] == 2
+    assert codes.unmapped[("urn:local", "XYZ", "Procedure.code", "no mapping row")] == 2
+    loinc = {"coding": [{"system": "http://loinc.org", "code": "21889-1"}]}  # a row with concept 0
+    assert codes.lookup(loinc, "Observation.code")[0].concept_id == 0
+    assert codes.unmapped[("http://loinc.org", "21889-1", "Observation.code",
+                           "mapped to concept_id 0 (no verified concept)")] == 1

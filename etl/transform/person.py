@@ -15,6 +15,7 @@ import datetime as dt
 
 from etl.transform.context import MapContext
 from etl.transform.fhirdata import to_date, to_datetime
+from etl.vocabulary import NO_ROW
 
 GENDER_SYSTEM = "http://hl7.org/fhir/administrative-gender"
 
@@ -29,7 +30,9 @@ def transform(patient: dict, ctx: MapContext) -> None:
     gender = patient.get("gender") or ""
     mapping = ctx.codes.system_code(GENDER_SYSTEM, gender)
     if mapping is None:
-        ctx.codes.unmapped[(GENDER_SYSTEM, gender, "Patient.gender")] += 1
+        ctx.codes.unmapped[(GENDER_SYSTEM, gender, "Patient.gender", NO_ROW)] += 1
+    else:
+        ctx.codes.note_concept(mapping, "Patient.gender")
     ctx.add("person", {
         "person_id": person_id,
         "gender_concept_id": mapping.concept_id if mapping else 0,

@@ -5,6 +5,7 @@
 | V1 | source_to_concept_map | every row of the loaded mapping CSVs | source_vocabulary_id = short name of the FHIR system |
 | V2 | cdm_source | run settings | FHIR version R4 (parsed with fhir.resources R4B), mapping digest as vocabulary_version, ETL version, site name from DLMREG_SITE_NAME |
 | V3 | cdm_source.cdm_version_concept_id | none | 0: the concept for CDM v5.4 was not verified in a public source |
+| V4 | concept | mappings/concepts.csv | rows whose required fields were all verified; valid dates = the open interval (not an Athena release) |
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import hashlib
 import os
 from importlib.metadata import PackageNotFoundError, version
 
+import csv
+
+import mappings
 from etl.vocabulary import CodeMap
 
 SYSTEM_NAMES = {
@@ -56,3 +60,27 @@ def cdm_source_row(codes: CodeMap, source: str, today: dt.date) -> dict:
         "source_release_date": today, "cdm_release_date": today, "cdm_version": "v5.4",
         "cdm_version_concept_id": 0, "vocabulary_version": "dlmreg " + digest.hexdigest()[:12],  # varchar(20)
     }
+
+
+CONCEPT_REQUIRED = ("concept_id", "concept_name", "domain_id", "vocabulary_id", "concept_class_id", "concept_code")
+
+
+def concept_rows() -> tuple[list[dict], int]:
+    """The verified concept subset, and how many rows were left out for unverified required fields.
+
+    A site that needs the whole vocabulary loads Athena's CONCEPT.csv instead (mappings/README.md).
+    """
+    rows, skipped = [], 0
+    with (mappings.DIRECTORY / "concepts.csv").open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if not all(row[field].strip() for field in CONCEPT_REQUIRED):
+                skipped += 1
+                continue
+            rows.append({
+                "concept_id": int(row["concept_id"]), "concept_name": row["concept_name"][:255],
+                "domain_id": row["domain_id"], "vocabulary_id": row["vocabulary_id"],
+                "concept_class_id": row["concept_class_id"], "standard_concept": row["standard_concept"] or None,
+                "concept_code": row["concept_code"][:50], "valid_start_date": OPEN_START,
+                "valid_end_date": OPEN_END, "invalid_reason": row["invalid_reason"] or None,
+            })
+    return rows, skipped
