@@ -112,6 +112,14 @@ def dlm_tables(metadata: sa.MetaData, schema: str | None = None) -> dict[str, sa
         _col("quarantined", sa.Integer), _col("excluded", sa.Integer),
         schema=schema, comment="One row per `dlmreg run`.",
     )
+    t["dlm_extract_state"] = sa.Table(
+        "dlm_extract_state", metadata,
+        _col("source_key", sa.String(500), False, "the source, e.g. rest:https://host/fhir", primary_key=True),
+        _col("name", sa.String(64), False, "a resource type (its _lastUpdated watermark) or _bulk (_since)",
+             primary_key=True),
+        _col("value", sa.String(64), False, "server time to resume from (ISO 8601)"),
+        schema=schema, comment="Incremental extraction watermarks, saved with the staged data they cover.",
+    )
     t["dlm_quarantine"] = sa.Table(
         "dlm_quarantine", metadata,
         _col("quarantine_id", Id, False, primary_key=True, autoincrement=True),

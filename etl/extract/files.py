@@ -31,7 +31,9 @@ def _open_binary(path: Path):
 
 
 class FileSource:
-    """A directory (or one file) of FHIR NDJSON / Bundle JSON."""
+    """A directory (or one file) of FHIR NDJSON / Bundle JSON: always a full snapshot."""
+
+    is_snapshot = True
 
     def __init__(self, path: Path):
         self.path = Path(path)

@@ -2,10 +2,13 @@
 
 Preconditions: the registry tables exist. Staging is keyed on the FHIR identity (type, id): a resource
 whose canonical JSON hash is unchanged is skipped, a changed one replaces its row, a new one is inserted.
-A file source is a full snapshot, so staged resources it no longer contains (deleted at the source, or
-of a patient who left the cohort) are removed. The cohort (patients with a liver-metastasis Condition)
-is found in a first pass over Patients and Conditions; the second pass streams everything else.
-Everything happens in one transaction.
+A snapshot source (files, a full pull) holds everything, so staged resources it no longer contains
+(deleted at the source, or of a patient who left the cohort) are removed. An incremental source (a
+`_lastUpdated` / `_since` pull) holds only changes: patients and the cohort are then what is staged
+plus what arrives, and deletions come only from the source's own list (`source.deleted`).
+The cohort (patients with a liver-metastasis Condition) is found in a first pass over Patients and
+Conditions; the second pass streams everything else. Everything, including the source's new
+watermarks (`dlm_extract_state`), is written in one transaction.
 """
 from __future__ import annotations
 
@@ -67,16 +70,17 @@ class _Stager:
             "run_id": self.run_id, "location": record.location[:500], "resource_type": resource_type,
             "reason": reason, "sha256": _sha(record.text)})
 
-    def route(self, record: RawRecord, resource: dict, patients, cohort) -> None:
-        """Stage, exclude or quarantine one valid resource by its type and the patient it belongs to."""
+    def route(self, record: RawRecord, resource: dict, patients: set[str], cohort: set[str]) -> None:
+        """Stage, exclude or quarantine one valid resource by its type and the patient (pseudonym) it belongs to."""
         owner = patient_of(resource)
+        key = self.pseudo.patient(owner) if owner else None
         if resource["resourceType"] not in self.supported_types:
             self.acct.excluded["resource type not used by the registry"] += 1
-        elif owner is None:
+        elif key is None:
             self.acct.excluded["not linked to a patient"] += 1
-        elif owner not in patients:
+        elif key not in patients:
             self.quarantine(record, "reference to a patient not in the source", resource["resourceType"])
-        elif owner not in cohort:
+        elif key not in cohort:
             self.acct.excluded["patient not in cohort"] += 1
         else:
             self.stage(resource)
@@ -128,11 +132,44 @@ class _Stager:
     def remove_unseen(self) -> None:
         """The source is a full snapshot: staged resources it no longer has are deleted."""
         self.flush()
-        gone = [key for key in self.existing if key not in self.seen]
+        self._delete([key for key in self.existing if key not in self.seen])
+
+    def remove_deleted(self, deleted: list[tuple[str, str]]) -> None:
+        """Deletions the source reported (e.g. Bulk Data `deleted`), by FHIR type and id."""
+        self.flush()
+        keys = [(t, self.pseudo.patient(i) if t == "Patient" else i) for t, i in deleted]
+        self._delete([key for key in keys if key in self.existing and key not in self.seen])
+
+    def _delete(self, keys: list[tuple[str, str]]) -> None:
         s = self.staging
-        for resource_type, resource_id in gone:
+        for resource_type, resource_id in keys:
             self.conn.execute(s.delete().where(s.c.resource_type == resource_type, s.c.resource_id == resource_id))
-        self.acct.changes["deleted"] += len(gone)
+            self.existing.pop((resource_type, resource_id), None)
+        self.acct.changes["deleted"] += len(keys)
+
+    def staged_cohort(self, codes: CodeMap) -> tuple[set[str], set[str]]:
+        """Patients (pseudonyms) already staged, and those of them with a liver-metastasis Condition."""
+        s = self.staging
+        patients = {i for (i,) in self.conn.execute(sa.select(s.c.resource_id).where(s.c.resource_type == "Patient"))}
+        cohort = set()
+        for (text,) in self.conn.execute(sa.select(s.c.resource_json).where(s.c.resource_type == "Condition")):
+            condition = json.loads(text)
+            if codes.meaning(condition.get("code")) == COHORT_MEANING:
+                cohort.add(patient_of(condition))
+        return patients, cohort
+
+
+def load_extract_state(engine: sa.Engine, tables: dict[str, sa.Table], source_key: str) -> dict[str, str]:
+    """The watermarks a source left after its last successful stage (e.g. per-type `_lastUpdated`)."""
+    t = tables["dlm_extract_state"]
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(t.c.name, t.c.value).where(t.c.source_key == source_key)).all())
+
+
+def _save_extract_state(conn: sa.Connection, table: sa.Table, source_key: str, state: dict[str, str]) -> None:
+    for name, value in state.items():
+        conn.execute(table.delete().where(table.c.source_key == source_key, table.c.name == name))
+        conn.execute(table.insert(), {"source_key": source_key, "name": name, "value": value})
 
 
 def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source: FileSource, codes: CodeMap,
@@ -143,6 +180,7 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source: FileSou
     Resource types the registry does not map (`supported_types`) are excluded, not stored
     (minimum necessary).
     """
+    snapshot = getattr(source, "is_snapshot", True)
     with engine.begin() as conn:
         # A repeated stage of the same run (a retried task) must not list its quarantine twice.
         conn.execute(tables["dlm_quarantine"].delete().where(tables["dlm_quarantine"].c.run_id == run_id))
@@ -164,16 +202,24 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source: FileSou
                 patients[parsed["id"]] = _Candidate(record, parsed)
             else:
                 conditions.append(_Candidate(record, parsed))
-        cohort = {patient_of(c.resource) for c in conditions
-                  if codes.meaning(c.resource.get("code")) == COHORT_MEANING} & patients.keys()
+        known, cohort = (set(), set()) if snapshot else stager.staged_cohort(codes)
+        known |= {pseudo.patient(pid) for pid in patients}
+        cohort |= {pseudo.patient(patient_of(c.resource)) for c in conditions
+                   if codes.meaning(c.resource.get("code")) == COHORT_MEANING and patient_of(c.resource)}
+        cohort &= known
         for candidate in [*patients.values(), *conditions]:
-            stager.route(candidate.record, candidate.resource, patients, cohort)
+            stager.route(candidate.record, candidate.resource, known, cohort)
         for record in source.records(exclude=FIRST_PASS):
             parsed = parse_record(record)
             if isinstance(parsed, Rejected):
                 stager.quarantine(record, parsed.reason, parsed.resource_type)
             else:
-                stager.route(record, parsed, patients, cohort)
-        stager.remove_unseen()
+                stager.route(record, parsed, known, cohort)
+        if snapshot:
+            stager.remove_unseen()
+        stager.remove_deleted(list(getattr(source, "deleted", [])))
+        stager.flush()
+        if hasattr(source, "new_state") and not getattr(source, "incomplete", None):
+            _save_extract_state(conn, tables["dlm_extract_state"], source.describe(), source.new_state())
         stager.progress.done()
     return stager.acct
