@@ -167,6 +167,7 @@ def staging_tables(metadata: sa.MetaData, schema: str | None = None) -> dict[str
             _col("patient_key", sa.String(64), comment="keyed pseudonym of the patient"),
             _col("sha256", sa.String(64), False, "hash of the original resource text"),
             _col("source", sa.String(500)),
+            _col("fetched_at", sa.DateTime, comment="when this version was fetched (UTC)"),
             _col("resource_json", sa.Text, False, "the resource with direct identifiers removed"),
             schema=schema, comment="Staged FHIR resources of cohort patients, de-identified.",
         )

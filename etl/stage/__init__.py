@@ -12,6 +12,7 @@ watermarks (`dlm_extract_state`), is written in one transaction.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class _Stager:
                  supported_types: frozenset[str], show_progress: bool | None):
         self.conn, self.pseudo, self.run_id, self.source = conn, pseudo, run_id, source
         self.supported_types = supported_types
+        self.fetched_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         self.staging, self.quarantine_table = tables["fhir_resource"], tables["dlm_quarantine"]
         self.acct = Accounting()
         s = self.staging
@@ -108,7 +110,7 @@ class _Stager:
         row = {
             "resource_type": key[0], "resource_id": key[1], "version_id": meta.get("versionId"),
             "last_updated": meta.get("lastUpdated"), "patient_key": self.pseudo.patient(owner) if owner else None,
-            "sha256": digest, "source": self.source,
+            "sha256": digest, "source": self.source, "fetched_at": self.fetched_at,
             "resource_json": json.dumps(clean, separators=(",", ":"), ensure_ascii=False),
         }
         self.existing[key] = digest
