@@ -1,7 +1,8 @@
 """`dlmreg`: the command line. Errors end with a one-line reason and a non-zero exit, no stack trace.
 
 Exit codes: 0 published; 1 a critical quality check failed (nothing published); 2 bad input or
-settings (missing source, unreadable mapping, unreachable registry).
+settings (missing source, unreadable mapping, unreachable registry); 3 the FHIR server failed
+(unreachable, refused the credentials, answered with an error / OperationOutcome).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 1, 2
+EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_SOURCE_FAILED = 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="generator parameter, e.g. npv_ct_and_mri=0.7 (see SynthParams)")
 
     run = commands.add_parser("run", help="extract -> map -> check -> analyse")
-    run.add_argument("--source", help="FHIR NDJSON/Bundle directory or file (default: the demo cohort)")
+    run.add_argument("--source", help="FHIR NDJSON/Bundle directory or file, or a FHIR server base URL "
+                                      "(default: the demo cohort)")
     run.add_argument("--registry", help="SQLAlchemy URL (default: sqlite file OUT/dlm_registry.sqlite)")
     run.add_argument("--out", type=Path, default=Path("out"))
     run.add_argument("--mappings", type=Path, action="append", default=[],
@@ -35,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--at-risk-every", type=float, default=6.0, metavar="MONTHS")
     run.add_argument("--at-risk-until", type=float, default=60.0, metavar="MONTHS")
     run.add_argument("--no-progress", action="store_true")
+    server = run.add_argument_group("FHIR server sources (credentials come from the environment, see README)")
+    server.add_argument("--extract", choices=["rest", "bulk"], default="rest",
+                        help="REST search (default) or Bulk Data $export")
+    server.add_argument("--bulk-level", choices=["system", "patient", "group"], default="system")
+    server.add_argument("--bulk-group", help="Group id for --bulk-level group")
+    server.add_argument("--full-refresh", action="store_true",
+                        help="ignore the saved watermarks and pull everything (a snapshot)")
+    server.add_argument("--page-size", type=int, default=200, help="REST _count")
+    server.add_argument("--overlap", type=float, default=300.0, metavar="SECONDS",
+                        help="re-read this long before the saved watermark")
+    server.add_argument("--ca-bundle", help="CA certificates to trust (TLS verification is always on)")
 
     dictionary = commands.add_parser("data-dictionary", help="print (or write) the registry's data dictionary")
     dictionary.add_argument("--out", type=Path, help="write Markdown here instead of printing it")
@@ -56,6 +69,7 @@ def _synth(args) -> int:
 
 
 def _run(args) -> int:
+    from etl.extract import ServerOptions
     from etl.pipeline import RunSettings, run
 
     times, t = [], 0.0
@@ -64,7 +78,10 @@ def _run(args) -> int:
         t += args.at_risk_every
     settings = RunSettings(source=args.source, registry_url=args.registry, out_dir=args.out,
                            followup_window_months=args.followup_window, mapping_dirs=tuple(args.mappings),
-                           at_risk_times=times, show_progress=False if args.no_progress else None)
+                           at_risk_times=times, show_progress=False if args.no_progress else None,
+                           server=ServerOptions(mode=args.extract, bulk_level=args.bulk_level, group_id=args.bulk_group,
+                                                full=args.full_refresh, page_size=args.page_size,
+                                                overlap_seconds=args.overlap, ca_bundle=args.ca_bundle))
     results = run(settings)
     run_info, npv = results["run"], results["npv"]["ct_and_mri_disappeared"]
     print(f"read {run_info['resources_read']} resources: {run_info['loaded']} loaded, "
@@ -94,14 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    from etl.pipeline import RunFailed
     import sqlalchemy.exc
+
+    from etl.extract import ExtractError
+    from etl.pipeline import RunFailed
 
     try:
         return COMMANDS[args.command](args)
     except RunFailed as exc:
         print(f"dlmreg: {exc}", file=sys.stderr)
         return EXIT_CHECK_FAILED
+    except ExtractError as exc:
+        print(f"dlmreg: {exc}", file=sys.stderr)
+        return EXIT_SOURCE_FAILED
     except (FileNotFoundError, ValueError) as exc:
         print(f"dlmreg: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

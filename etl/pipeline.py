@@ -17,11 +17,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from etl.extract import open_source
+from etl.extract import ServerOptions, open_source
 from etl.lesions.derive import derive
 from etl.load import load_rows
 from etl.registry import Registry, open_registry
-from etl.stage import stage_source
+from etl.stage import load_extract_state, stage_source
 from etl.stage.pseudonym import Pseudonymizer
 from etl.transform import SUPPORTED_TYPES, map_staging
 from etl.transform.vocabulary_tables import cdm_source_row, concept_rows, source_to_concept_rows
@@ -47,6 +47,7 @@ class RunSettings:
     mapping_dirs: tuple[Path, ...] = ()
     at_risk_times: list[float] | None = None
     show_progress: bool | None = None
+    server: ServerOptions = field(default_factory=ServerOptions)
     today: dt.date = field(default_factory=dt.date.today)
 
     def resolved_registry_url(self) -> str:
@@ -63,11 +64,22 @@ def demo_source():
         yield directory
 
 
-def stage(registry: Registry, source: str, codes: CodeMap, run_id: str, show_progress=None) -> dict:
-    """Extract + stage. Returns the accounting (counts only)."""
-    accounting = stage_source(registry.engine, registry.tables, open_source(source), codes, Pseudonymizer(),
-                              run_id, SUPPORTED_TYPES, show_progress)
-    return accounting.as_dict()
+def stage(registry: Registry, source: str, codes: CodeMap, run_id: str, show_progress=None,
+          server: ServerOptions = ServerOptions()) -> dict:
+    """Extract + stage. Returns the accounting (counts only), with what the source reported."""
+    opened = open_source(source, tuple(sorted(SUPPORTED_TYPES)), server,
+                         lambda key: load_extract_state(registry.engine, registry.tables, key))
+    try:
+        accounting = stage_source(registry.engine, registry.tables, opened, codes, Pseudonymizer(),
+                                  run_id, SUPPORTED_TYPES, show_progress)
+    finally:
+        if hasattr(opened, "close"):
+            opened.close()
+    result = accounting.as_dict()
+    result["extract"] = {"source": opened.describe(), "incremental": not getattr(opened, "is_snapshot", True),
+                         "incomplete": sorted(getattr(opened, "incomplete", None) or []),
+                         "server_errors": list(getattr(opened, "errors", []))[:20]}
+    return result
 
 
 def map_load_derive(registry: Registry, codes: CodeMap, run_id: str, source: str, window_months: float,
@@ -201,7 +213,7 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
     record_run(registry, {**results["run"], "started_at": started})
     try:
         log.info("stage: reading %s", source_label)
-        results["run"].update(stage(registry, source, codes, run_id, settings.show_progress))
+        results["run"].update(stage(registry, source, codes, run_id, settings.show_progress, settings.server))
         log.info("map/load/derive")
         mapped = map_load_derive(registry, codes, run_id, source_label, settings.followup_window_months,
                                  settings.today, settings.show_progress)

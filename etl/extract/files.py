@@ -117,11 +117,3 @@ def _filter(records: Iterable[RawRecord], types, exclude) -> Iterator[RawRecord]
                 yield record
         elif _selected(resource_type, types, exclude):
             yield record
-
-
-def open_source(source: str | Path) -> FileSource:
-    """Open a source by path. (REST and Bulk Data URLs arrive with the extraction issue.)"""
-    text = str(source)
-    if re.match(r"^https?://", text):
-        raise ValueError(f"FHIR server sources are not supported yet: {text}")
-    return FileSource(Path(text))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from etl.extract import FileSource, RawRecord
+from etl.extract import RawRecord
 from etl.progress import Progress
 from etl.stage.accounting import Accounting
 from etl.stage.deidentify import deidentify, patient_of
@@ -174,10 +174,10 @@ def _save_extract_state(conn: sa.Connection, table: sa.Table, source_key: str, s
         conn.execute(table.insert(), {"source_key": source_key, "name": name, "value": value})
 
 
-def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source: FileSource, codes: CodeMap,
+def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: CodeMap,
                  pseudo: Pseudonymizer, run_id: str, supported_types: frozenset[str],
                  show_progress: bool | None = None) -> Accounting:
-    """Upsert the cohort's resources from `source` into staging; returns the accounting.
+    """Upsert the cohort's resources from `source` (any etl.extract source) into staging; returns the accounting.
 
     Resource types the registry does not map (`supported_types`) are excluded, not stored
     (minimum necessary).
