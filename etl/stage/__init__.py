@@ -64,6 +64,7 @@ class _Stager:
             (t, i): h for t, i, h in conn.execute(sa.select(s.c.resource_type, s.c.resource_id, s.c.sha256))}
         self.seen: dict[tuple[str, str], str] = {}   # staging key -> lastUpdated of the copy kept
         self.inserts: list[dict] = []
+        self.quarantined_patients: set[str] = set()  # pseudonyms of Patients that could not be loaded
         self.progress = Progress("staged resources", show_progress)
 
     def quarantine(self, record: RawRecord, reason: str, resource_type: str | None) -> None:
@@ -80,6 +81,8 @@ class _Stager:
             self.acct.excluded["resource type not used by the registry"] += 1
         elif key is None:
             self.acct.excluded["not linked to a patient"] += 1
+        elif key in self.quarantined_patients:
+            self.quarantine(record, "belongs to a quarantined Patient", resource["resourceType"])
         elif key not in patients:
             self.quarantine(record, "reference to a patient not in the source", resource["resourceType"])
         elif key not in cohort:
@@ -195,6 +198,7 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: 
                 stager.quarantine(record, parsed.reason, parsed.resource_type)
             elif parsed["resourceType"] == "Patient" and not parsed.get("birthDate"):
                 stager.quarantine(record, "Patient without birthDate: OMOP person needs year_of_birth", "Patient")
+                stager.quarantined_patients.add(pseudo.patient(parsed["id"]))
             elif parsed["resourceType"] == "Patient":
                 if parsed["id"] in patients:
                     # Keep the newer copy of a Patient seen twice; the other is a counted duplicate.
