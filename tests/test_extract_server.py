@@ -23,12 +23,22 @@ def cohort(cohort_factory):
     return cohort_factory(120, 21)
 
 
+def _file_registry(source, directory) -> str:
+    url = f"sqlite:///{directory / 'r.sqlite'}"
+    run(RunSettings(source=str(source), registry_url=url, out_dir=directory / "out", show_progress=False))
+    return url
+
+
 @pytest.fixture(scope="module")
 def file_registry(cohort, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("file_registry")
-    url = f"sqlite:///{directory / 'r.sqlite'}"
-    run(RunSettings(source=str(cohort), registry_url=url, out_dir=directory / "out", show_progress=False))
-    return url
+    return _file_registry(cohort, tmp_path_factory.mktemp("file_registry"))
+
+
+@pytest.fixture(scope="module")
+def large_cohort(cohort_factory, tmp_path_factory):
+    """The acceptance size: 1,000 synthetic patients, and their registry loaded from files."""
+    source = cohort_factory(1000, 1527)
+    return source, _file_registry(source, tmp_path_factory.mktemp("large_file_registry"))
 
 
 @pytest.fixture(params=["RS384", "ES384"])
@@ -67,12 +77,13 @@ def _accounting_holds(results):
 
 
 @pytest.mark.parametrize("mode", ["rest", "bulk"])
-def test_pull_gives_the_same_registry_as_files(cohort, file_registry, tmp_path, monkeypatch, mode):
+def test_pull_gives_the_same_registry_as_files(large_cohort, tmp_path, monkeypatch, mode):
+    cohort, file_registry = large_cohort
     monkeypatch.setenv("DLMREG_FHIR_AUTH", "bearer")
     monkeypatch.setenv("DLMREG_FHIR_TOKEN", "test-token")
-    with FhirTestServer(auth="bearer", page_size=100, export_retry_after=0) as server:
+    with FhirTestServer(auth="bearer", page_size=500, export_retry_after=0) as server:
         served = server.load_ndjson_dir(cohort)
-        url, results = _pull(server, tmp_path, mode, mode=mode)
+        url, results = _pull(server, tmp_path, mode, mode=mode, page_size=500)
     assert_same_registry(url, file_registry, same_source=False)
     _accounting_holds(results)
     assert results["run"]["resources_read"] == served and results["run"]["quarantined"] == 0
