@@ -127,7 +127,9 @@ def dlm_tables(metadata: sa.MetaData, schema: str | None = None) -> dict[str, sa
         _col("location", sa.String(500), False, "file:line or URL of the rejected input"),
         _col("resource_type", sa.String(64)),
         _col("reason", sa.Text, False),
-        _col("sha256", sa.String(64), False, "hash of the raw text (the text itself may hold PHI)"),
+        _col("sha256", sa.String(64), False, "hash of the raw text as received"),
+        _col("raw_text", sa.Text, comment="the rejected JSON de-identified like staging; NULL when it did not parse "
+                                          "(unparseable text cannot be cleaned, so only its hash is kept)"),
         schema=schema, comment="Inputs that could not be loaded, with the reason.",
     )
     t["dlm_unmapped_code"] = sa.Table(

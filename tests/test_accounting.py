@@ -69,6 +69,10 @@ def test_every_resource_is_accounted_for(messy_source, tmp_path):
         staged = conn.execute(sa.select(sa.func.count()).select_from(registry.tables["fhir_resource"])).scalar()
     assert len(quarantine) == r["quarantined"]
     assert all(q["reason"] and q["location"] and len(q["sha256"]) == 64 for q in quarantine)
+    by_reason = {q["reason"].split(":")[0]: q for q in quarantine}
+    assert by_reason["not valid JSON"]["raw_text"] is None  # cannot be cleaned: hash only
+    orphan = json.loads(by_reason["reference to a patient not in the source"]["raw_text"])
+    assert orphan["id"] == "orphan-1" and orphan["subject"]["reference"] != "Patient/nobody"  # pseudonymised
     assert {q["location"] for q in quarantine} >= {"Observation.001.ndjson:%d" % (len(
         (source / "Observation.001.ndjson").read_bytes().splitlines()))}
     assert staged == r["loaded"]

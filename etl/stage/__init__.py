@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from etl.extract import RawRecord
 from etl.progress import Progress
 from etl.stage.accounting import Accounting
-from etl.stage.deidentify import deidentify, patient_of
+from etl.stage.deidentify import deidentified_text, deidentify, patient_of
 from etl.stage.parse import Rejected, parse_record
 from etl.stage.pseudonym import Pseudonymizer
 from etl.vocabulary import CodeMap
@@ -71,7 +71,7 @@ class _Stager:
         self.acct.quarantined[reason.split(":")[0]] += 1
         self.conn.execute(self.quarantine_table.insert(), {
             "run_id": self.run_id, "location": record.location[:500], "resource_type": resource_type,
-            "reason": reason, "sha256": _sha(record.text)})
+            "reason": reason, "sha256": _sha(record.text), "raw_text": deidentified_text(record.text, self.pseudo)})
 
     def route(self, record: RawRecord, resource: dict, patients: set[str], cohort: set[str]) -> None:
         """Stage, exclude or quarantine one valid resource by its type and the patient (pseudonym) it belongs to."""

@@ -7,6 +7,8 @@ lesion identity must survive across studies.
 """
 from __future__ import annotations
 
+import json
+
 from etl.stage.pseudonym import Pseudonymizer
 
 PATIENT_KEPT = ("resourceType", "id", "meta", "gender", "birthDate", "deceasedBoolean", "deceasedDateTime",
@@ -71,3 +73,25 @@ def deidentify(resource: dict, pseudo: Pseudonymizer) -> dict:
             for ident in resource.get("identifier") or [] if isinstance(ident, dict) and ident.get("value")
         ]
     return clean
+
+
+def deidentified_text(text: str, pseudo: Pseudonymizer) -> str | None:
+    """Rejected input as it may be stored: a JSON object de-identified like staging, else None.
+
+    Text that does not parse cannot be cleaned reliably, so only its hash is kept (by the caller).
+    """
+    try:
+        document = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    if document.get("resourceType") == "Patient" or "name" in document or "telecom" in document:
+        kept = {k: document[k] for k in PATIENT_KEPT if k in document and k != "id"}
+        if isinstance(document.get("id"), str):
+            kept["id"] = pseudo.patient(document["id"])
+        return json.dumps(kept, ensure_ascii=False)
+    try:
+        return json.dumps(_rewrite(document, pseudo), ensure_ascii=False)
+    except RecursionError:
+        return None
