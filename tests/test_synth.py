@@ -28,7 +28,7 @@ TYPES = ("Patient", "Condition", "BodyStructure", "DiagnosticReport", "Observati
 MONTH = 30.4375
 WINDOW_DAYS = 24 * MONTH
 # Codings deliberately emitted outside the mapping CSV (structural, never read by the extractor).
-STRUCTURAL = {("http://snomed.info/sct", "10200004"), ("http://terminology.hl7.org/CodeSystem/v2-0203", "MR")}
+STRUCTURAL = {("http://terminology.hl7.org/CodeSystem/v2-0203", "MR")}
 
 with (ROOT / "mappings" / "fhir_codes.csv").open(newline="", encoding="utf-8") as _f:
     MEANING = {(r["source_system"], r["source_code"]): r["registry_meaning"] for r in csv.DictReader(_f)}

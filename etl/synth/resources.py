@@ -26,7 +26,6 @@ TUMOR_PROFILE = "http://hl7.org/fhir/us/mcode/StructureDefinition/mcode-tumor"
 LESION_ID_SYSTEM = "http://hospital.example.org/tumor-id"
 # The two structural codings not taken from mappings/fhir_codes.csv (the extractor reads neither):
 # the organ of every lesion and the identifier type of the MRN.
-LIVER = {"system": "http://snomed.info/sct", "code": "10200004", "display": "Liver structure"}
 MRN_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR",
             "display": "Medical record number"}
 # Drugs without an RxNorm row in the mapping CSV are sent as text only, as many sites do.
@@ -181,7 +180,7 @@ class _Renderer:
             "identifier": [{"use": "usual", "system": LESION_ID_SYSTEM, "value": identifier}],
             "active": True,
             "description": f"Liver metastasis {lesion.number}, {label}, {lesion.baseline_ct_mm} mm at baseline CT",
-            "location": {"coding": [LIVER]},
+            "location": {"coding": [coding("liver")]},
             "locationQualifier": [concept(f"liver_segment_{lesion.segment}", text=label)],
             "patient": self.subject,
         })
