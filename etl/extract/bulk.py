@@ -276,13 +276,19 @@ def _is_json(raw: bytes) -> bool:
     return True
 
 
-def _deleted_entries(raw: bytes) -> list[tuple[str, str]] | None:
-    """(type, id) of the DELETE entries of one deleted-file line (a Bundle), None if unreadable."""
+def _resource_of_type(raw: bytes, resource_type: str) -> dict | None:
+    """One NDJSON line as a resource of `resource_type`, None if it is unreadable or of another type."""
     try:
-        bundle = json.loads(raw)
+        resource = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+    return resource if isinstance(resource, dict) and resource.get("resourceType") == resource_type else None
+
+
+def _deleted_entries(raw: bytes) -> list[tuple[str, str]] | None:
+    """(type, id) of the DELETE entries of one deleted-file line (a Bundle), None if unreadable."""
+    bundle = _resource_of_type(raw, "Bundle")
+    if bundle is None:
         return None
     found = []
     for entry in bundle.get("entry") or []:
@@ -297,11 +303,8 @@ def _deleted_entries(raw: bytes) -> list[tuple[str, str]] | None:
 
 def _outcome_issues(raw: bytes) -> list[tuple[str, str]] | None:
     """(severity, diagnostics text) of an OperationOutcome line, None if it is not one."""
-    try:
-        outcome = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
+    outcome = _resource_of_type(raw, "OperationOutcome")
+    if outcome is None:
         return None
     issues = []
     for issue in outcome.get("issue") or []:
