@@ -7,13 +7,12 @@ runs in-process (`etl.tasks`), one Airflow task each:
 1. `resolve_settings`: the run's params -> a small settings dict and a new registry run id.
 2. `stage`: reads the FHIR source, pseudonymises and stages the cohort's resources, counts what it read
    (`resources_read = loaded + quarantined + excluded`). Retried with exponential backoff.
-3. `map_load_derive`: maps staging to OMOP + DLM rows, replaces the registry's rows and derives lesion
-   outcomes, in one transaction.
-4. `quality_check`: runs the quality suites. **A failed critical check fails the task (no retry) and the
-   DAG run**, so nothing is published.
-5. `publish`: NPV, survival and the DREAM comparison from the registry; writes `results.json`,
+3. `load_and_audit` (write-audit-publish): maps staging to OMOP + DLM rows, replaces the registry's rows,
+   derives lesion outcomes and runs the quality suites, in one transaction. **A failed critical check
+   rolls the load back and fails the task (no retry) and the DAG run**, so nothing is published.
+4. `publish`: NPV, survival and the DREAM comparison from the registry; writes `results.json`,
    `report.html` and the Kaplan-Meier plots to `out_dir`.
-6. `record_run` (teardown, runs whatever happened): records the outcome in `dlm_run`; a failed run
+5. `record_run` (teardown, runs whatever happened): records the outcome in `dlm_run`; a failed run
    still writes `results.json` with its accounting. The DAG run's state still follows `publish`.
 
 **Params** (trigger with config):
@@ -67,29 +66,21 @@ def stage(settings: dict) -> dict:
     return {**settings, "staged": counts}
 
 
-@task(multiple_outputs=False, execution_timeout=timedelta(hours=2))
-def map_load_derive(state: dict) -> dict:
-    """Map staging to OMOP + DLM rows, load them and derive lesion outcomes; adds the row counts."""
-    from etl.tasks import map_task
-
-    mapped = map_task(state["run_id"], state["source_label"], state["registry_url"], state["today"],
-                      state["followup_window_months"])
-    return {**state, "mapped": mapped}
-
-
-@task(multiple_outputs=False, retries=0, execution_timeout=timedelta(hours=1))
-def quality_check(state: dict) -> dict:
-    """Run the quality suites; a failed critical check fails the task (no retry) and so the DAG run."""
+@task(multiple_outputs=False, retries=0, execution_timeout=timedelta(hours=2))
+def load_and_audit(state: dict) -> dict:
+    """Map, load, derive and run the quality suites in one transaction; a failed critical check rolls the
+    load back and fails the task (no retry) and so the DAG run: nothing is published."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from etl.pipeline import RunFailed
-    from etl.tasks import check_task
+    from etl.tasks import load_audit_task
 
     try:
-        quality = check_task(state["run_id"], state["registry_url"], state["today"])
+        audited = load_audit_task(state["run_id"], state["source_label"], state["registry_url"], state["today"],
+                                  state["followup_window_months"])
     except RunFailed as exc:
         raise AirflowFailException(str(exc)) from exc
-    return {**state, "quality": quality}
+    return {**state, "mapped": {k: v for k, v in audited.items() if k != "quality"}, "quality": audited["quality"]}
 
 
 @task(execution_timeout=timedelta(hours=1))
@@ -111,7 +102,7 @@ def record_run(settings: dict) -> str:
     from etl.tasks import record_run_task
 
     ti = get_current_context()["ti"]
-    steps = ("stage", "map_load_derive", "quality_check", "publish")
+    steps = ("stage", "load_and_audit", "publish")
     outputs = {step: ti.xcom_pull(task_ids=step) for step in steps}
     failed = next((step for step in steps if outputs[step] is None), None)
     last = next((outputs[step] for step in reversed(steps[:-1]) if isinstance(outputs[step], dict)), {})
@@ -139,7 +130,7 @@ def record_run(settings: dict) -> str:
 )
 def dlm_registry():
     settings = resolve_settings()
-    published = publish(quality_check(map_load_derive(stage(settings))))
+    published = publish(load_and_audit(stage(settings)))
     published >> record_run(settings).as_teardown()
 
 

@@ -1,5 +1,6 @@
 """The stages of one registry run, as plain functions: the CLI runs them in-process and the Airflow
-DAG runs each as a task. extract+stage -> map+load+derive -> check -> analyse/publish.
+DAG runs each as a task. extract+stage -> map+load+derive+audit (one transaction, committed only
+when no critical check fails) -> analyse/publish.
 
 Only counts and paths leave a stage, never patient rows, so stage results are safe to log or pass
 through XCom.
@@ -82,38 +83,56 @@ def stage(registry: Registry, source: str, codes: CodeMap, run_id: str, show_pro
     return result
 
 
-def map_load_derive(registry: Registry, codes: CodeMap, run_id: str, source: str, window_months: float,
-                    today: dt.date, show_progress=None) -> dict:
-    """Map staging to OMOP + DLM rows, replace the registry's rows and derive outcomes, in one transaction."""
+def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str, window_months: float,
+                   today: dt.date, show_progress=None) -> dict:
+    """Write-audit-publish in one transaction: map staging to OMOP + DLM rows, replace the registry's rows,
+    derive outcomes, and audit that uncommitted state with the quality checks. Commit only when no
+    critical check fails; otherwise roll back, so the published registry is never replaced by data that
+    failed. The check results and the unmapped-codes list are stored either way (for trends).
+
+    Returns rows, lesion groups, warnings, unmapped codes and the `quality` summary.
+    """
+    from etl.quality import run_checks, store_results, summary
+
     t = registry.tables
+    with registry.engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            ctx = map_staging(conn, t, codes, show_progress)
+            ctx.rows["source_to_concept_map"] = source_to_concept_rows(codes)
+            ctx.rows["cdm_source"] = [cdm_source_row(codes, source, today)]
+            ctx.rows["concept"], unverified = concept_rows()
+            if unverified:
+                ctx.warnings["concepts.csv rows not loaded (required fields not verified)"] = unverified
+            counts = load_rows(conn, t, ctx.rows, ctx.ids.new, ctx.ids.version_changes)
+            groups = derive(conn, t, window_months)
+            log.info("quality checks")
+            checks = run_checks(conn, t, today)
+        except BaseException:
+            transaction.rollback()
+            raise
+        quality = summary(checks)
+        if quality["publishable"]:
+            transaction.commit()
+        else:
+            transaction.rollback()
+    unmapped = [{"run_id": run_id, "source_system": s[:255], "source_code": c[:255], "field": f,
+                 "reason": reason, "occurrences": n} for (s, c, f, reason), n in sorted(codes.unmapped.items())]
     with registry.engine.begin() as conn:
-        ctx = map_staging(conn, t, codes, show_progress)
-        ctx.rows["source_to_concept_map"] = source_to_concept_rows(codes)
-        ctx.rows["cdm_source"] = [cdm_source_row(codes, source, today)]
-        ctx.rows["concept"], unverified = concept_rows()
-        if unverified:
-            ctx.warnings["concepts.csv rows not loaded (required fields not verified)"] = unverified
-        counts = load_rows(conn, t, ctx.rows, ctx.ids.new, ctx.ids.version_changes)
-        groups = derive(conn, t, window_months)
-        unmapped = [{"run_id": run_id, "source_system": s[:255], "source_code": c[:255], "field": f,
-                     "reason": reason, "occurrences": n} for (s, c, f, reason), n in sorted(codes.unmapped.items())]
+        store_results(conn, t, run_id, checks)
         conn.execute(t["dlm_unmapped_code"].delete().where(t["dlm_unmapped_code"].c.run_id == run_id))
         if unmapped:
             conn.execute(t["dlm_unmapped_code"].insert(), unmapped)
-    # Constraints after the bulk load (a no-op once they exist; on PostgreSQL later loads run under them).
-    apply_constraints(registry.engine, registry.schemas, registry.tables)
-    return {"rows": counts, "lesion_groups": groups, "warnings": dict(ctx.warnings),
+    if quality["publishable"]:
+        # Constraints after the bulk load (a no-op once they exist; on PostgreSQL later loads run under them).
+        apply_constraints(registry.engine, registry.schemas, registry.tables)
+    return {"rows": counts, "lesion_groups": groups, "warnings": dict(ctx.warnings), "quality": quality,
             "unmapped_codes": [{k: u[k] for k in UNMAPPED_COLUMNS} for u in unmapped]}
 
 
-def check(registry: Registry, run_id: str, today: dt.date) -> dict:
-    """Run the quality checks, store their results; returns the quality summary."""
-    from etl.quality import run_checks, store_results, summary
-
-    with registry.engine.begin() as conn:
-        results = run_checks(conn, registry.tables, today)
-        store_results(conn, registry.tables, run_id, results)
-    return summary(results)
+def critical_failure(quality: dict) -> RunFailed:
+    return RunFailed("critical quality checks failed (nothing published): "
+                     + ", ".join(quality["failed_critical_checks"]))
 
 
 def read_cohort_frames(registry: Registry):
@@ -215,15 +234,14 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
         log.info("stage: reading %s", source_label)
         results["run"].update(stage(registry, source, codes, run_id, settings.show_progress, settings.server))
         log.info("map/load/derive")
-        mapped = map_load_derive(registry, codes, run_id, source_label, settings.followup_window_months,
-                                 settings.today, settings.show_progress)
+        mapped = load_and_audit(registry, codes, run_id, source_label, settings.followup_window_months,
+                                settings.today, settings.show_progress)
         results["run"].update(rows=mapped["rows"], warnings=mapped["warnings"],
                               unmapped_codes=len(mapped["unmapped_codes"]))
         write_unmapped_report(settings.out_dir, mapped["unmapped_codes"])
-        log.info("quality checks")
-        results["quality"] = check(registry, run_id, settings.today)
-        if results["quality"]["failed_critical"]:
-            raise RunFailed("critical quality checks failed: " + ", ".join(results["quality"]["failed_critical_checks"]))
+        results["quality"] = mapped["quality"]
+        if not results["quality"]["publishable"]:
+            raise critical_failure(results["quality"])
         log.info("analysis")
         # Quality passed: the results are published (a failure from here on resets the status).
         results["run"]["status"] = "published"

@@ -58,21 +58,19 @@ def stage_task(run_id: str, source: str, registry_url: str, mapping_dirs: list[s
     return pipeline.stage(registry, source, load_code_map(map(Path, mapping_dirs)), run_id, show_progress=False)
 
 
-def map_task(run_id: str, source: str, registry_url: str, today: str, window_months: float = 24.0,
-             mapping_dirs: list[str] = ()) -> dict:
+def load_audit_task(run_id: str, source: str, registry_url: str, today: str, window_months: float = 24.0,
+                    mapping_dirs: list[str] = ()) -> dict:
+    """Map, load, derive and audit in one transaction (write-audit-publish).
+
+    Raises RunFailed naming the failed critical checks; the registry then keeps its previous state.
+    """
     registry = open_registry(registry_url)
-    mapped = pipeline.map_load_derive(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
-                                      window_months, dt.date.fromisoformat(today), show_progress=False)
+    mapped = pipeline.load_and_audit(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
+                                     window_months, dt.date.fromisoformat(today), show_progress=False)
+    if not mapped["quality"]["publishable"]:
+        raise pipeline.critical_failure(mapped["quality"])
     return {"rows": mapped["rows"], "lesion_groups": mapped["lesion_groups"], "warnings": mapped["warnings"],
-            "unmapped_codes": len(mapped["unmapped_codes"])}
-
-
-def check_task(run_id: str, registry_url: str, today: str) -> dict:
-    """Run the quality checks; raises RunFailed naming the failed critical checks (blocks publication)."""
-    quality = pipeline.check(open_registry(registry_url), run_id, dt.date.fromisoformat(today))
-    if quality["failed_critical"]:
-        raise pipeline.RunFailed("critical quality checks failed: " + ", ".join(quality["failed_critical_checks"]))
-    return quality
+            "unmapped_codes": len(mapped["unmapped_codes"]), "quality": mapped["quality"]}
 
 
 def publish_task(run_id: str, registry_url: str, out_dir: str, run_info: dict, quality: dict) -> str:

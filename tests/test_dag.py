@@ -32,9 +32,8 @@ DAG_ID = "dlm_registry"
 # task -> its direct downstream tasks
 EXPECTED_GRAPH = {
     "resolve_settings": {"stage", "record_run"},
-    "stage": {"map_load_derive"},
-    "map_load_derive": {"quality_check"},
-    "quality_check": {"publish"},
+    "stage": {"load_and_audit"},
+    "load_and_audit": {"publish"},
     "publish": {"record_run"},
     "record_run": set(),
 }
@@ -87,7 +86,7 @@ def test_dag_folder_imports_cleanly(dag_bag):
     dag = dag_bag.get_dag(DAG_ID)
     assert dag.schedule is None
     assert dag.catchup is False
-    assert dag.doc_md and "quality_check" in dag.doc_md
+    assert dag.doc_md and "load_and_audit" in dag.doc_md
     assert set(dag.params.keys()) == {"source", "registry_url", "out_dir", "followup_window_months"}
 
 
@@ -108,7 +107,7 @@ def test_task_policies(dag_bag):
         assert task.execution_timeout is not None, task.task_id
     stage = dag.get_task("stage")
     assert stage.retries >= 1 and stage.retry_exponential_backoff > 1
-    assert dag.get_task("quality_check").retries == 0
+    assert dag.get_task("load_and_audit").retries == 0
 
 
 @needs_airflow
@@ -183,29 +182,27 @@ def test_failed_critical_check_blocks_publication(dag_bag, tmp_path, monkeypatch
 
     import etl.tasks
 
-    def failing_check(run_id, registry_url, today):
+    def failing_audit(*args, **kwargs):
         from etl.pipeline import RunFailed
 
-        raise RunFailed("critical quality checks failed: person.year_of_birth not null")
+        raise RunFailed("critical quality checks failed (nothing published): person.year_of_birth not null")
 
-    # dag.test runs tasks in this process, so the task's `from etl.tasks import check_task` sees the patch;
-    # stage and map are replaced by cheap stand-ins to keep the test fast.
+    # dag.test runs tasks in this process, so the task's `from etl.tasks import load_audit_task` sees the
+    # patch; staging is replaced by a cheap stand-in to keep the test fast.
     monkeypatch.setattr(etl.tasks, "materialise_demo_source", lambda directory: directory)
     monkeypatch.setattr(etl.tasks, "stage_task", lambda *a, **k: {"resources_read": 0, "loaded": 0,
                                                                   "quarantined": 0, "excluded": 0})
-    monkeypatch.setattr(etl.tasks, "map_task", lambda *a, **k: {"rows": {}, "lesion_groups": {}, "warnings": {},
-                                                                "unmapped_codes": 0})
-    monkeypatch.setattr(etl.tasks, "check_task", failing_check)
+    monkeypatch.setattr(etl.tasks, "load_audit_task", failing_audit)
     out_dir = tmp_path / "out"
     dag = dag_bag.get_dag(DAG_ID)
     dag_run = dag.test(run_conf={"out_dir": str(out_dir), "registry_url": f"sqlite:///{tmp_path / 'r.sqlite'}"})
     assert dag_run.state == DagRunState.FAILED
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
-    assert states["quality_check"] == TaskInstanceState.FAILED
+    assert states["load_and_audit"] == TaskInstanceState.FAILED
     assert states["publish"] == TaskInstanceState.UPSTREAM_FAILED
     assert states["record_run"] == TaskInstanceState.SUCCESS
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
-    assert results["run"]["status"] == "failed" and results["run"]["message"] == "failed at quality_check"
+    assert results["run"]["status"] == "failed" and results["run"]["message"] == "failed at load_and_audit"
     assert "npv" not in results and not (out_dir / "report.html").exists()
     with sqlite3.connect(tmp_path / "r.sqlite") as conn:
         assert conn.execute("SELECT status FROM dlm_run").fetchall() == [("failed",)]

@@ -7,7 +7,7 @@ import json
 import random
 import shutil
 
-from etl.pipeline import RunSettings, map_load_derive, run
+from etl.pipeline import RunSettings, load_and_audit, run
 from tests.registry_compare import assert_same_registry
 
 
@@ -137,6 +137,6 @@ def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp
     assert accounting.changes["deleted"] == len(deleted)
     assert accounting.changes["new"] == 0 and accounting.changes["changed"] == sum(map(len, changed_lines.values()))
     assert sum(accounting.quarantined.values()) == 0
-    map_load_derive(registry, load_code_map(), "incremental-run", "test", 24.0, dt.date.today(), show_progress=False)
+    load_and_audit(registry, load_code_map(), "incremental-run", "test", 24.0, dt.date.today(), show_progress=False)
     _load(final, fresh, tmp_path / "o3")
     assert_same_registry(incremental, fresh)
