@@ -77,6 +77,8 @@ def dlm_tables(metadata: sa.MetaData, schema: str | None = None) -> dict[str, sa
         _col("mri_protocol_met", sa.Boolean, comment="post-chemotherapy MRI had DWI and hepatobiliary phase"),
         _col("baseline_date", sa.Date, comment="latest baseline study showing the lesion"),
         _col("baseline_size_mm", sa.Float, comment="largest size on baseline imaging"),
+        _col("post_ct_date", sa.Date, comment="the post-chemotherapy CT that decided the group"),
+        _col("post_mri_date", sa.Date, comment="the post-chemotherapy MRI that decided the group"),
         _col("followup_window_months", sa.Float, False),
         schema=schema, comment="Derived group and outcome of each lesion (rules in docs/fhir_profile.md).",
     )

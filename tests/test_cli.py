@@ -51,7 +51,9 @@ def test_corrupted_cohort_is_not_published(cohort_factory, tmp_path, capsys):
     assert "DLM4:lesion_identity_unique" in capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert results["run"]["status"] == "failed"
-    assert results["quality"]["failed_critical_checks"] == ["DLM4:lesion_identity_unique"]
+    # The twin shares the identity of another lesion (DLM4) and has no baseline study of its own (DLM7).
+    assert results["quality"]["failed_critical_checks"] == ["DLM4:lesion_identity_unique",
+                                                            "DLM7:baseline_before_chemotherapy"]
     assert "npv" not in results and not (out / "report.html").exists()
     assert results["run"]["resources_read"] == results["run"]["loaded"] + results["run"]["quarantined"] + \
         results["run"]["excluded"]

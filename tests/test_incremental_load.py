@@ -12,7 +12,11 @@ from tests.registry_compare import assert_same_registry
 
 
 def change_and_delete(source, target, seed: int, share: float = 0.01) -> dict:
-    """Copy a cohort, changing `share` of the resources (new version, flipped values) and deleting `share`."""
+    """Copy a cohort, changing `share` of the resources (new version, flipped values) and deleting `share`.
+
+    Deletions spare lesion-visible findings: losing a baseline study would (rightly) fail the critical
+    quality check DLM7, and these tests are about loads, not about the audit.
+    """
     rng = random.Random(seed)
     target.mkdir()
     counts = {"changed": 0, "deleted": 0}
@@ -20,7 +24,7 @@ def change_and_delete(source, target, seed: int, share: float = 0.01) -> dict:
         kept = []
         for line in path.read_text().splitlines():
             draw = rng.random()
-            if draw < share and path.name != "Patient.ndjson":
+            if draw < share and path.name != "Patient.ndjson" and '"lesion-visible"' not in line:
                 counts["deleted"] += 1
                 continue
             if draw < 2 * share:

@@ -41,7 +41,8 @@ def test_failed_audit_leaves_the_published_registry(cohort_factory, tmp_path, re
         failed_checks = conn.execute(sa.select(t["dlm_quality_result"].c.check_name).where(
             t["dlm_quality_result"].c.status == "fail", t["dlm_quality_result"].c.severity == "critical")).all()
     assert sorted(runs.values()) == ["failed", "published"]
-    assert [row[0] for row in failed_checks] == ["DLM4:lesion_identity_unique"]
+    assert sorted(row[0] for row in failed_checks) == ["DLM4:lesion_identity_unique",
+                                                       "DLM7:baseline_before_chemotherapy"]
 
 
 def test_first_load_failing_its_audit_publishes_nothing(cohort_factory, tmp_path):

@@ -31,6 +31,8 @@ class LesionResult:
     mri_protocol_met: bool | None = None
     baseline_date: dt.date | None = None
     baseline_size_mm: float | None = None
+    post_ct_date: dt.date | None = None
+    post_mri_date: dt.date | None = None
 
 
 def _latest(rows: list[dict]) -> dict | None:
@@ -58,10 +60,12 @@ def classify_lesion(assessments: list[dict], handling: list[dict], line: Timelin
     if ct is None:
         return LesionResult("no_post_chemo_ct", **base)
     if ct["finding"] == "visible":
-        return LesionResult("not_disappeared", **base)
+        return LesionResult("not_disappeared", post_ct_date=ct["assessment_date"], **base)
     group = ("ct_disappeared_mri_missing" if mri is None else
              "ct_disappeared_mri_visible" if mri["finding"] == "visible" else "ct_and_mri_disappeared")
-    result = LesionResult(group, mri_protocol_met=mri["mri_protocol_met"] if mri else None, **base)
+    result = LesionResult(group, mri_protocol_met=mri["mri_protocol_met"] if mri else None,
+                          post_ct_date=ct["assessment_date"], post_mri_date=mri["assessment_date"] if mri else None,
+                          **base)
     result.handling = max(handling, key=lambda h: h["surgery_date"])["handling"] if handling else None
     _outcome(result, assessments, line, window_months)
     return result
