@@ -79,7 +79,9 @@ def stage(registry: Registry, source: str, codes: CodeMap, run_id: str, show_pro
     result = accounting.as_dict()
     result["extract"] = {"source": opened.describe(), "incremental": not getattr(opened, "is_snapshot", True),
                          "incomplete": sorted(getattr(opened, "incomplete", None) or []),
-                         "server_errors": list(getattr(opened, "errors", []))[:20]}
+                         "duplicates": getattr(opened, "duplicates", 0),
+                         # Bulk `error` files and OperationOutcome entries of REST search pages.
+                         "server_messages": [*getattr(opened, "errors", []), *getattr(opened, "warnings", [])][:20]}
     return result
 
 

@@ -50,8 +50,3 @@ def create_views(conn: sa.Connection, tables: dict[str, sa.Table], schema: str |
         sql = select.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
         conn.execute(sa.text(f"DROP VIEW IF EXISTS {qualified}"))
         conn.execute(sa.text(f"CREATE VIEW {qualified} AS {sql}"))
-
-
-def view_table(name: str, schema: str | None) -> sa.TableClause:
-    """A selectable for reading a view."""
-    return sa.table(name, schema=schema)

@@ -87,7 +87,11 @@ def test_pull_gives_the_same_registry_as_files(large_cohort, tmp_path, monkeypat
     assert_same_registry(url, file_registry, same_source=False)
     _accounting_holds(results)
     assert results["run"]["resources_read"] == served and results["run"]["quarantined"] == 0
-    assert results["run"]["extract"]["incomplete"] == []
+    extract = results["run"]["extract"]
+    assert extract["incomplete"] == [] and extract["duplicates"] == 0 and extract["incremental"] is False
+    # The synthetic cohort has no MedicationRequest: the export's error file says so, and that is all it says.
+    expected = ["no MedicationRequest resources matched the export"] if mode == "bulk" else []
+    assert extract["server_messages"] == expected
 
 
 @pytest.mark.parametrize("mode", ["rest", "bulk"])

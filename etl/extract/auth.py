@@ -130,7 +130,6 @@ class SmartBackendAuth(Auth):
         self.refresh_at = 0.0
         self.expires_at = 0.0
         self.granted_scope: str | None = None
-        self.tokens_fetched = 0
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -231,7 +230,6 @@ class SmartBackendAuth(Auth):
         self.expires_at = started + lifetime
         self.refresh_at = self.expires_at - min(self.refresh_margin, lifetime / 2)
         self.granted_scope = body.get("scope") if isinstance(body.get("scope"), str) else None
-        self.tokens_fetched += 1
         log.info("SMART access token obtained (expires in %d s; scope %s)", lifetime, self.granted_scope or "?")
 
 

@@ -23,12 +23,17 @@ class Pseudonymizer:
             log.warning("DLMREG_PSEUDONYM_KEY is not set: using the demo key (acceptable for synthetic data only)")
             key = DEMO_KEY
         self._key = key.encode("utf-8")
+        self._patients: dict[str, str] = {}
 
     def _digest(self, text: str) -> str:
         return hmac.new(self._key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
     def patient(self, patient_id: str) -> str:
-        return self._digest("Patient/" + patient_id)
+        # Staging asks for the same patient's pseudonym for every one of its resources: compute it once.
+        found = self._patients.get(patient_id)
+        if found is None:
+            found = self._patients[patient_id] = self._digest("Patient/" + patient_id)
+        return found
 
     def lesion(self, patient_id: str, identifier: str) -> str:
         """Lesion identifiers are only unique within a patient, so the patient is part of the input."""
