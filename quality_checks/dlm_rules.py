@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from quality_checks.checks import Check
+from quality_checks.checks import Check, Frame
 
 GROUPS = ["not_disappeared", "ct_disappeared_mri_visible", "ct_and_mri_disappeared", "ct_disappeared_mri_missing",
           "not_visible_at_baseline", "no_post_chemo_ct", "no_chemotherapy"]
@@ -22,7 +22,12 @@ DLM_GROUPS = ["ct_disappeared_mri_visible", "ct_and_mri_disappeared", "ct_disapp
 OUTCOMES = ["true_negative", "residual", "unevaluable"]
 
 
-def frames(tables: dict[str, sa.Table]) -> dict[str, sa.Select]:
+def dlm_plan(tables: dict[str, sa.Table]) -> tuple[list[Check], dict[str, Frame]]:
+    """The DLM checks and the frames they run on."""
+    return dlm_checks(), {name: Frame(select) for name, select in _selects(tables).items()}
+
+
+def _selects(tables: dict[str, sa.Table]) -> dict[str, sa.Select]:
     """Named selects the DLM rules run on."""
     outcome, lesion, handling = tables["dlm_lesion_outcome"], tables["dlm_lesion"], tables["dlm_lesion_handling"]
     course, assessment = tables["dlm_patient_course"], tables["dlm_lesion_assessment"]
@@ -49,6 +54,13 @@ def frames(tables: dict[str, sa.Table]) -> dict[str, sa.Select]:
 
 
 def dlm_checks() -> list[Check]:
+    """The rules; single-column expectations run on the check's field."""
+    return [Check(c.name, c.check_type, c.frame, c.field, c.severity, c.threshold_pct, c.expectation,
+                  c.kwargs if "column_A" in c.kwargs or "column_list" in c.kwargs else {"column": c.field, **c.kwargs},
+                  c.description) for c in _rules()]
+
+
+def _rules() -> list[Check]:
     return [
         Check("DLM1:dlm_group_values", "DLM1", "dlm_lesion_outcome", "dlm_group", "critical", 0.0,
               "ExpectColumnValuesToBeInSet", {"value_set": GROUPS}, "every lesion has a known group"),

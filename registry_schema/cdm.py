@@ -40,7 +40,8 @@ def load_field_spec() -> tuple[FieldSpec, ...]:
         return tuple(
             FieldSpec(
                 table=row["cdmTableName"].lower(),
-                field=row["cdmFieldName"].lower(),
+                # The spec writes reserved words quoted ("offset"); the column is named without quotes.
+                field=row["cdmFieldName"].strip('"').lower(),
                 required=row["isRequired"] == "Yes",
                 datatype=row["cdmDatatype"],
                 primary_key=row["isPrimaryKey"] == "Yes",

@@ -69,3 +69,13 @@ def registry_factory(request, tmp_path):
         return _fresh_pg_database()
 
     return new_url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_registry_url(request, tmp_path_factory):
+    """A fresh, empty registry database of each kind, shared by one test module."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.sqlite'}"
+    if not os.environ.get("DLMREG_TEST_PG_URL"):
+        pytest.skip("DLMREG_TEST_PG_URL not set (scripts/test.sh starts a PostgreSQL)")
+    return _fresh_pg_database()
