@@ -4,6 +4,9 @@ Paging follows `Bundle.link[relation=next]` as opaque URLs (page URLs are never 
 is never read: servers count differently or wrongly). A resource seen twice in one run with the same
 version (pages shift when the server's data changes during paging) is yielded once.
 
+Windows: with `until`, the search also asks `_lastUpdated < until` (a scheduled run reads its data
+interval, never "now"), and `until` is the new watermark.
+
 Watermarks: `new_state()` gives, for each type read to the last page, the server's time when that
 type's search started (the first response's Date header, else the local clock before the request); the
 next run passes it back as `since` and asks for `_lastUpdated >= since - overlap`, so a resource
@@ -66,7 +69,7 @@ class RestSource:
     def __init__(self, base_url: str, http: FhirHttp, types: tuple[str, ...], *, page_size: int = 200,
                  since: dict[str, str] | None = None, overlap_seconds: float = 300,
                  now: Callable[[], datetime] | None = None, invalid_page_retries: int = 2,
-                 close_http: bool = True):
+                 close_http: bool = True, until: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.http = http
         self.types = check_types(types)
@@ -74,6 +77,10 @@ class RestSource:
             raise ExtractError("page size must be at least 1")
         self.page_size = page_size
         self.since = dict(since) if since is not None else None
+        try:  # a window's end (scheduled runs read one data interval): `_lastUpdated=lt<until>`
+            self.until = format_instant(parse_instant(until)) if until else None
+        except (ValueError, OverflowError):
+            raise ExtractError(f"the window end {until!r} is not a date-time") from None
         self.overlap = timedelta(seconds=overlap_seconds)
         self.now = now or (lambda: datetime.now(timezone.utc))
         self.invalid_page_retries = invalid_page_retries
@@ -126,8 +133,10 @@ class RestSource:
     def _search(self, resource_type: str) -> Iterator[RawRecord]:
         self._started.pop(resource_type, None)
         params: dict | None = {"_count": str(self.page_size)}
-        if self._bounds[resource_type]:
-            params["_lastUpdated"] = "ge" + self._bounds[resource_type]
+        bounds = (["ge" + self._bounds[resource_type]] if self._bounds[resource_type] else []) + (
+            ["lt" + self.until] if self.until else [])
+        if bounds:
+            params["_lastUpdated"] = bounds if len(bounds) > 1 else bounds[0]
         url: str | None = f"{self.base_url}/{resource_type}"
         seen: set[tuple[str, str]] = set()
         visited: set[str] = set()
@@ -160,7 +169,8 @@ class RestSource:
                 yield RawRecord(url.text, where, f"!{url.reason}")
                 return
         self.counts[resource_type] = count
-        self._started[resource_type] = format_instant(started or local_start)
+        # Read to the last page: the next pull starts where this one's window ended (or its search began).
+        self._started[resource_type] = self.until or format_instant(started or local_start)
         log.info("%s: %d resources in %d pages", resource_type, count, page)
 
     def _page(self, url: str, params: dict | None, what: str):
