@@ -92,7 +92,8 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
     critical check fails; otherwise roll back, so the published registry is never replaced by data that
     failed. The check results and the unmapped-codes list are stored either way (for trends).
 
-    Returns rows, lesion groups, warnings, unmapped codes and the `quality` summary.
+    Returns rows, lesion groups, warnings, unmapped codes, the `quality` summary and the `lesion_flow` of the
+    audited state (read before commit or rollback, so a failed run has it too).
     """
     from etl.quality import run_checks, store_results, summary
 
@@ -110,6 +111,7 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
             groups = derive(conn, t, window_months)
             log.info("quality checks")
             checks = run_checks(conn, t, today)
+            flow = lesion_flow(read_lesions(conn, registry.schemas.dlm))
         except BaseException:
             transaction.rollback()
             raise
@@ -129,12 +131,21 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
         # Constraints after the bulk load (a no-op once they exist; on PostgreSQL later loads run under them).
         apply_constraints(registry.engine, registry.schemas, registry.tables)
     return {"rows": counts, "lesion_groups": groups, "warnings": dict(ctx.warnings), "quality": quality,
-            "unmapped_codes": [{k: u[k] for k in UNMAPPED_COLUMNS} for u in unmapped]}
+            "lesion_flow": flow, "unmapped_codes": [{k: u[k] for k in UNMAPPED_COLUMNS} for u in unmapped]}
 
 
 def critical_failure(quality: dict) -> RunFailed:
     return RunFailed("critical quality checks failed (nothing published): "
                      + ", ".join(quality["failed_critical_checks"]))
+
+
+def read_lesions(conn: sa.Connection, schema: str | None):
+    """The lesion frame of `dlm_lesion_v` as `conn` sees it (inside load_and_audit: the uncommitted state)."""
+    import pandas as pd
+
+    lesions = pd.read_sql(sa.select(sa.text("*")).select_from(sa.table("dlm_lesion_v", schema=schema)), conn)
+    lesions["ce_ious"] = lesions["ce_ious"].fillna(False).astype(bool)
+    return lesions
 
 
 def read_cohort_frames(registry: Registry):
@@ -143,10 +154,9 @@ def read_cohort_frames(registry: Registry):
 
     schema = registry.schemas.dlm
     with registry.engine.connect() as conn:
-        lesions = pd.read_sql(sa.select(sa.text("*")).select_from(sa.table("dlm_lesion_v", schema=schema)), conn)
+        lesions = read_lesions(conn, schema)
         patients = pd.read_sql(sa.select(sa.text("*")).select_from(sa.table("dlm_patient_survival_v", schema=schema))
                                .where(sa.column("strategy").is_not(None)), conn)
-    lesions["ce_ious"] = lesions["ce_ious"].fillna(False).astype(bool)
     return lesions, patients
 
 
@@ -242,6 +252,8 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
                               unmapped_codes=len(mapped["unmapped_codes"]))
         write_unmapped_report(settings.out_dir, mapped["unmapped_codes"])
         results["quality"] = mapped["quality"]
+        # The audited counts; a published run's analysis recomputes them from the committed (same) data.
+        results["lesion_flow"] = mapped["lesion_flow"]
         if not results["quality"]["publishable"]:
             raise critical_failure(results["quality"])
         log.info("analysis")
