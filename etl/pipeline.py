@@ -18,6 +18,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from etl.dashboard import write_dashboard
 from etl.extract import ServerOptions, open_source
 from etl.lesions.derive import derive
 from etl.load import load_rows
@@ -220,7 +221,8 @@ def record_run(registry: Registry, run: dict) -> None:
 
 
 def run(settings: RunSettings) -> dict:
-    """extract -> stage -> map -> load -> derive -> check -> analyse. Writes OUT/results.json always.
+    """extract -> stage -> map -> load -> derive -> check -> analyse. Writes OUT/results.json and
+    OUT/dashboard.html always.
 
     Raises RunFailed (after writing results.json) when a critical quality check fails.
     """
@@ -271,4 +273,8 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
         record_run(registry, {**results["run"], "started_at": started,
                                "finished_at": dt.datetime.fromisoformat(results["run"]["finished_at"])})
         write_results(settings.out_dir, results)
+        try:
+            write_dashboard(registry, settings.out_dir, run_id, results.get("lesion_flow"))
+        except Exception as exc:  # a report that cannot be drawn must not change the run's outcome or exit code
+            log.warning("dashboard.html not written: %s: %s", type(exc).__name__, exc)
     return results
