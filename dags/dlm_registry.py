@@ -12,8 +12,10 @@ runs in-process (`etl.tasks`), one Airflow task each:
    rolls the load back and fails the task (no retry) and the DAG run**, so nothing is published.
 4. `publish`: NPV, survival and the DREAM comparison from the registry; writes `results.json`,
    `report.html` and the Kaplan-Meier plots to `out_dir`.
-5. `record_run` (teardown, runs whatever happened): records the outcome in `dlm_run`; a failed run
-   still writes `results.json` with its accounting. The DAG run's state still follows `publish`.
+5. `record_run` (teardown, runs whatever happened): records the outcome in `dlm_run` and writes the
+   quality dashboard `dashboard.html`; a failed run still writes `results.json` with its accounting (and
+   the audit's check summary and lesion flow when the checks ran). The DAG run's state still follows
+   `publish`.
 
 **Params** (trigger with config):
 
@@ -70,6 +72,7 @@ def stage(settings: dict) -> dict:
 def load_and_audit(state: dict) -> dict:
     """Map, load, derive and run the quality suites in one transaction; a failed critical check rolls the
     load back and fails the task (no retry) and so the DAG run: nothing is published."""
+    from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException
 
     from etl.pipeline import RunFailed
@@ -79,8 +82,11 @@ def load_and_audit(state: dict) -> dict:
         audited = load_audit_task(state["run_id"], state["source_label"], state["registry_url"], state["today"],
                                   state["followup_window_months"])
     except RunFailed as exc:
+        if exc.audit:  # quality and lesion flow (counts) for the teardown's results.json and dashboard
+            get_current_context()["ti"].xcom_push(key="audit", value=exc.audit)
         raise AirflowFailException(str(exc)) from exc
-    return {**state, "mapped": {k: v for k, v in audited.items() if k != "quality"}, "quality": audited["quality"]}
+    audit = {k: audited[k] for k in ("quality", "lesion_flow")}
+    return {**state, "mapped": {k: v for k, v in audited.items() if k not in audit}, **audit}
 
 
 @task(execution_timeout=timedelta(hours=1))
@@ -96,7 +102,8 @@ def publish(state: dict) -> str:
 
 @task(execution_timeout=timedelta(minutes=10))
 def record_run(settings: dict) -> str:
-    """Teardown: record the outcome in dlm_run whatever happened; a failed run still gets results.json."""
+    """Teardown: record the outcome in dlm_run and write dashboard.html whatever happened; a failed run still
+    gets results.json."""
     from airflow.sdk import get_current_context
 
     from etl.tasks import record_run_task
@@ -106,7 +113,8 @@ def record_run(settings: dict) -> str:
     outputs = {step: ti.xcom_pull(task_ids=step) for step in steps}
     failed = next((step for step in steps if outputs[step] is None), None)
     last = next((outputs[step] for step in reversed(steps[:-1]) if isinstance(outputs[step], dict)), {})
-    run_info = {**last.get("staged", {}), **({"quality": last["quality"]} if "quality" in last else {})}
+    audit = last if "quality" in last else (ti.xcom_pull(task_ids="load_and_audit", key="audit") or {})
+    run_info = {**last.get("staged", {}), **{k: audit[k] for k in ("quality", "lesion_flow") if k in audit}}
     return record_run_task(settings, run_info, published=failed is None, failed_step=failed)
 
 

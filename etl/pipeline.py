@@ -37,7 +37,15 @@ UNMAPPED_COLUMNS = ["source_system", "source_code", "field", "reason", "occurren
 
 
 class RunFailed(Exception):
-    """A run that ended without publishing; the message is the one-line reason for the user."""
+    """A run that ended without publishing; the message is the one-line reason for the user.
+
+    `audit` holds the audit's `quality` and `lesion_flow` (counts only) when the checks ran, so an
+    orchestrator can still report them.
+    """
+
+    def __init__(self, message: str, audit: dict | None = None):
+        super().__init__(message)
+        self.audit = audit
 
 
 @dataclass
@@ -135,9 +143,9 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
             "lesion_flow": flow, "unmapped_codes": [{k: u[k] for k in UNMAPPED_COLUMNS} for u in unmapped]}
 
 
-def critical_failure(quality: dict) -> RunFailed:
+def critical_failure(quality: dict, audit: dict | None = None) -> RunFailed:
     return RunFailed("critical quality checks failed (nothing published): "
-                     + ", ".join(quality["failed_critical_checks"]))
+                     + ", ".join(quality["failed_critical_checks"]), audit)
 
 
 def read_lesions(conn: sa.Connection, schema: str | None):

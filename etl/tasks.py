@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from etl import pipeline
+from etl.dashboard import write_dashboard
 from etl.registry import open_registry
 from etl.vocabulary import load_code_map
 
@@ -62,15 +63,17 @@ def load_audit_task(run_id: str, source: str, registry_url: str, today: str, win
                     mapping_dirs: list[str] = ()) -> dict:
     """Map, load, derive and audit in one transaction (write-audit-publish).
 
-    Raises RunFailed naming the failed critical checks; the registry then keeps its previous state.
+    Raises RunFailed naming the failed critical checks, with the audit's `quality` and `lesion_flow` (counts)
+    as its `audit`; the registry then keeps its previous state.
     """
     registry = open_registry(registry_url)
     mapped = pipeline.load_and_audit(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
                                      window_months, dt.date.fromisoformat(today), show_progress=False)
+    audit = {"quality": mapped["quality"], "lesion_flow": mapped["lesion_flow"]}
     if not mapped["quality"]["publishable"]:
-        raise pipeline.critical_failure(mapped["quality"])
+        raise pipeline.critical_failure(mapped["quality"], audit)
     return {"rows": mapped["rows"], "lesion_groups": mapped["lesion_groups"], "warnings": mapped["warnings"],
-            "unmapped_codes": len(mapped["unmapped_codes"]), "quality": mapped["quality"]}
+            "unmapped_codes": len(mapped["unmapped_codes"]), **audit}
 
 
 def publish_task(run_id: str, registry_url: str, out_dir: str, run_info: dict, quality: dict) -> str:
@@ -85,9 +88,11 @@ def publish_task(run_id: str, registry_url: str, out_dir: str, run_info: dict, q
 
 
 def record_run_task(settings: dict, run_info: dict, published: bool, failed_step: str | None) -> str:
-    """Record the run's outcome in dlm_run; a failed run also gets its results.json (with the accounting).
+    """Record the run's outcome in dlm_run and write dashboard.html; a failed run also gets its results.json
+    (with the accounting, and the audit's `quality` and `lesion_flow` when the checks ran).
 
     Called whatever happened upstream, so every run leaves a trace and the accounting is never lost.
+    `run_info`: the staged counts, plus `quality` and `lesion_flow` when the audit ran.
     """
     registry = open_registry(settings["registry_url"])
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -98,8 +103,11 @@ def record_run_task(settings: dict, run_info: dict, published: bool, failed_step
                                    "started_at": dt.datetime.fromisoformat(settings["started_at"]), "finished_at": now,
                                    "status": status, "source": settings["source_label"], "message": message,
                                    **counts})
+    audit = {k: run_info[k] for k in ("quality", "lesion_flow") if k in run_info}
     if not published:
+        staged = {k: v for k, v in run_info.items() if k not in audit}
         pipeline.write_results(Path(settings["out_dir"]), {"run": {
             "run_id": settings["run_id"], "source": settings["source_label"], "status": status, "message": message,
-            **counts, **run_info}})
+            **counts, **staged}, **audit})
+    write_dashboard(registry, Path(settings["out_dir"]), settings["run_id"], audit.get("lesion_flow"))
     return status

@@ -157,6 +157,10 @@ def test_dag_run_on_demo_cohort(dag_bag, tmp_path):
     assert "ct_and_mri_disappeared" in results["npv"]
     assert (out_dir / "report.html").exists()
     assert (out_dir / "demo_source" / "truth.json").exists()
+    dashboard = (out_dir / "dashboard.html").read_text(encoding="utf-8")
+    assert "Published." in dashboard and "not published" not in dashboard
+    flow = results["lesion_flow"]["disappeared_on_ct_and_mri"]
+    assert f"{flow['lesions']} lesions, {flow['patients']} patients" in dashboard
 
     # only small JSON passes between tasks: one return value each, counts and paths, no patient rows
     from airflow.models.xcom import XComModel
@@ -206,6 +210,31 @@ def test_failed_critical_check_blocks_publication(dag_bag, tmp_path, monkeypatch
     assert "npv" not in results and not (out_dir / "report.html").exists()
     with sqlite3.connect(tmp_path / "r.sqlite") as conn:
         assert conn.execute("SELECT status FROM dlm_run").fetchall() == [("failed",)]
+    assert "No check results were stored for this run" in (out_dir / "dashboard.html").read_text()
+
+
+@needs_airflow
+def test_failed_audit_reaches_the_teardown(dag_bag, tmp_path, cohort_factory):
+    """A real failed audit: `record_run` gets the audit's check summary and lesion flow (pushed by the failing
+    task) into results.json and the dashboard."""
+    from airflow.utils.state import TaskInstanceState
+
+    source = tmp_path / "corrupt"
+    shutil.copytree(cohort_factory(20, 4), source)
+    lines = (source / "BodyStructure.ndjson").read_text().splitlines()
+    twin = json.loads(lines[0]) | {"id": "duplicated-lesion"}
+    (source / "BodyStructure.ndjson").write_text("\n".join(lines + [json.dumps(twin)]) + "\n")
+    out_dir = tmp_path / "out"
+    dag_run = dag_bag.get_dag(DAG_ID).test(run_conf={"source": str(source), "out_dir": str(out_dir),
+                                                     "registry_url": f"sqlite:///{tmp_path / 'r.sqlite'}"})
+    assert {ti.task_id: ti.state for ti in dag_run.get_task_instances()}["record_run"] == TaskInstanceState.SUCCESS
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    assert results["run"]["status"] == "failed"
+    assert results["quality"]["failed_critical_checks"] == ["DLM4:lesion_identity_unique",
+                                                            "DLM7:baseline_before_chemotherapy"]
+    assert results["lesion_flow"]["lesions_collected"]["lesions"] > 0
+    dashboard = (out_dir / "dashboard.html").read_text(encoding="utf-8").replace("<wbr>", "")
+    assert "DLM4:lesion_identity_unique" in dashboard and "audited data, not published" in dashboard
 
 
 # --- docker-compose.yml -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from etl import tasks
 from etl.cli import main
 from etl.dashboard import DashboardData, render_dashboard
 from etl.pipeline import RunFailed, RunSettings, run
@@ -278,3 +279,20 @@ def test_trend_over_a_published_then_a_failed_run(clean, tmp_path, registry_fact
     assert _flow_boxes(html) == bad["lesion_flow"]
     assert bad["lesion_flow"]["lesions_collected"]["lesions"] == good["lesion_flow"]["lesions_collected"]["lesions"] + 1
 
+
+def test_orchestrator_tasks_write_the_dashboard_of_a_failed_run(clean, tmp_path):
+    """The Airflow path (etl.tasks): the audit's summary travels on RunFailed to the teardown, which writes
+    results.json with it and the dashboard."""
+    settings = tasks.resolve_settings({"source": str(_corrupted(clean, tmp_path / "corrupt")),
+                                       "out_dir": str(tmp_path / "out"),
+                                       "registry_url": f"sqlite:///{tmp_path / 'r.sqlite'}"}, "manual__1", "2025-03-01")
+    staged = tasks.stage_task(settings["run_id"], settings["source"], settings["registry_url"])
+    with pytest.raises(RunFailed) as failure:
+        tasks.load_audit_task(settings["run_id"], settings["source_label"], settings["registry_url"],
+                              settings["today"])
+    assert tasks.record_run_task(settings, {**staged, **failure.value.audit}, False, "load_and_audit") == "failed"
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["quality"] == failure.value.audit["quality"] and "quality" not in results["run"]
+    html = (tmp_path / "out" / "dashboard.html").read_text()
+    assert sorted(row[0] for row in _rows(_table(html, "failed-checks"))[:len(PLANTS)]) == sorted(PLANTS)
+    assert _flow_boxes(html) == results["lesion_flow"] == failure.value.audit["lesion_flow"]
