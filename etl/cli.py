@@ -7,6 +7,7 @@ settings (missing source, unreadable mapping, unreachable registry); 3 the FHIR 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -51,7 +52,23 @@ def _parser() -> argparse.ArgumentParser:
 
     dictionary = commands.add_parser("data-dictionary", help="print (or write) the registry's data dictionary")
     dictionary.add_argument("--out", type=Path, help="write Markdown here instead of printing it")
+    sites = commands.add_parser("sites", help="check the sites file; print the Airflow pools it needs")
+    sites.add_argument("--file", type=Path, help="sites file (default DLMREG_SITES_FILE, else config/sites.yaml)")
+    sites.add_argument("--pools", action="store_true", help="print the pools as JSON for `airflow pools import`")
     return parser
+
+
+def _sites(args) -> int:
+    from etl.sites import load_sites, pools
+
+    sites = load_sites(args.file)
+    if args.pools:
+        print(json.dumps(pools(sites), indent=2))
+    else:
+        for site in sites:
+            print(f"{site.id}: {site.schedule} from {site.start_date}, FHIR {site.fhir_conn_id}, registry "
+                  f"{site.registry_conn_id}, pool {site.pool} ({site.pool_slots} slots)")
+    return 0
 
 
 def _synth(args) -> int:
@@ -103,7 +120,7 @@ def _data_dictionary(args) -> int:
     return 0
 
 
-COMMANDS = {"synth": _synth, "run": _run, "data-dictionary": _data_dictionary}
+COMMANDS = {"synth": _synth, "run": _run, "data-dictionary": _data_dictionary, "sites": _sites}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,8 @@ DLMREG_TEST_PG_URL), and synthetic cohorts."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -76,6 +78,46 @@ def module_registry_url(request, tmp_path_factory):
     """A fresh, empty registry database of each kind, shared by one test module."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.sqlite'}"
+    if not os.environ.get("DLMREG_TEST_PG_URL"):
+        pytest.skip("DLMREG_TEST_PG_URL not set (scripts/test.sh starts a PostgreSQL)")
+    return _fresh_pg_database()
+
+
+def _airflow_env(home: Path) -> dict[str, str]:
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    }
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory):
+    """A private, migrated Airflow home shared by the DAG tests (Airflow reads its configuration once per
+    process); the environment is restored at the end of the session."""
+    if "airflow" in sys.modules:
+        pytest.fail("airflow was imported before the airflow_home fixture configured AIRFLOW_HOME; "
+                    "import airflow inside tests only")
+    home = tmp_path_factory.mktemp("airflow_home")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in _airflow_env(home).items():
+            mp.setenv(name, value)
+        # a site's registry or pseudonym key must not leak into the tests
+        mp.delenv("DLMREG_REGISTRY_URL", raising=False)
+        mp.delenv("DLMREG_PSEUDONYM_KEY", raising=False)
+        mp.delenv("DLMREG_MAPPINGS", raising=False)
+        done = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=dict(os.environ),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        yield home
+
+
+@pytest.fixture(scope="module")
+def pg_url_module():
+    """A fresh PostgreSQL database shared by one test module."""
     if not os.environ.get("DLMREG_TEST_PG_URL"):
         pytest.skip("DLMREG_TEST_PG_URL not set (scripts/test.sh starts a PostgreSQL)")
     return _fresh_pg_database()

@@ -1,8 +1,8 @@
 """The Airflow DAG (`dags/dlm_registry.py`) and the pilot's `docker-compose.yml`.
 
-Airflow reads its configuration when it is first imported, so the `airflow_home` fixture sets the
-environment (a private AIRFLOW_HOME with a SQLite metadata database) and migrates it before any test
-imports airflow; tests import airflow inside their bodies.
+Airflow reads its configuration when it is first imported, so the `airflow_home` fixture (conftest)
+sets the environment (a private AIRFLOW_HOME with a SQLite metadata database) and migrates it before
+any test imports airflow; tests import airflow inside their bodies.
 """
 from __future__ import annotations
 
@@ -39,37 +39,6 @@ EXPECTED_GRAPH = {
 }
 HEAVY_MODULES = ("pandas", "great_expectations", "lifelines", "sqlalchemy", "matplotlib", "scipy", "etl",
                  "registry_schema")
-
-
-def _airflow_env(home: Path) -> dict[str, str]:
-    return {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-    }
-
-
-@pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory):
-    """A private, migrated Airflow home for this module; the environment is restored afterwards."""
-    if "airflow" in sys.modules:
-        pytest.fail("airflow was imported before this module's fixture configured AIRFLOW_HOME; "
-                    "import airflow inside tests only")
-    home = tmp_path_factory.mktemp("airflow_home")
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in _airflow_env(home).items():
-            mp.setenv(name, value)
-        # a site's registry or pseudonym key must not leak into the tests
-        mp.delenv("DLMREG_REGISTRY_URL", raising=False)
-        mp.delenv("DLMREG_PSEUDONYM_KEY", raising=False)
-        mp.delenv("DLMREG_MAPPINGS", raising=False)
-        done = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=dict(os.environ),
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        yield home
 
 
 @pytest.fixture(scope="module")

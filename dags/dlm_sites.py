@@ -1,0 +1,163 @@
+"""
+### DLM registry: scheduled ETL per site
+
+Three DAGs for every site in the sites file (`DLMREG_SITES_FILE`, default `config/sites.yaml`; see
+`etl/sites.py`), each task one call into `etl.scheduled`:
+
+* `dlm_registry_incremental_<site>`: on the site's schedule (daily by default). Each run reads its
+  **data interval**: `_lastUpdated >= start - overlap` and `< end`, never "now". So a re-run or a
+  backfill (`airflow backfill create`) of an old interval reads that interval. The steps:
+  1. `plan`;
+  2. `extract`, one mapped task per resource type, in the site's pool, retried with exponential
+     backoff;
+  3. `stage`, one transaction that also saves the site's watermarks;
+  4. `load_and_audit` (write-audit-publish: a failed critical check fails the run and publishes
+     nothing);
+  5. `publish`, which records the run and updates the registry's Asset.
+
+  The `finish` teardown records a failure with its one-line reason.
+* `dlm_registry_full_refresh_<site>`: manual; the same steps over everything the server holds, staged
+  as a snapshot (what the server no longer returns is removed).
+* `dlm_registry_analysis_<site>`: runs when the site's registry Asset is updated. It writes
+  `results.json`, `report.html`, the plots and `dashboard.html` to the site's `out_dir`.
+
+Connections, not code, hold endpoints and secrets: `fhir_<site>` (base URL, auth and SMART settings in
+extras) and the site's registry connection (default `dlm_registry`). Only settings, paths and counts
+pass through XCom.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset, Connection, CronDataIntervalTimetable, dag, get_current_context, task
+
+from etl.sites import Site, load_sites
+
+NETWORK_RETRIES = {"retries": 3, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": 2.0,
+                   "max_retry_delay": timedelta(minutes=30)}
+
+
+def _fields(conn_id: str) -> dict:
+    conn = Connection.get(conn_id)
+    return {"conn_id": conn_id, "host": conn.host, "login": conn.login, "password": conn.password,
+            "extra": conn.extra_dejson}
+
+
+def _registry(site: Site) -> str:
+    from etl.scheduled import registry_from
+
+    conn = Connection.get(site.registry_conn_id)
+    return registry_from({"conn_id": site.registry_conn_id, "conn_type": conn.conn_type, "host": conn.host,
+                          "login": conn.login, "password": conn.password, "port": conn.port,
+                          "schema": conn.schema, "extra": conn.extra_dejson})
+
+
+def _site_dict(site: Site) -> dict:
+    return {**site.__dict__, "start_date": site.start_date.isoformat(), "resource_types": list(site.resource_types)}
+
+
+def registry_asset(site: Site) -> Asset:
+    return Asset(name=f"dlm_registry_{site.id}", uri=f"dlmreg://{site.id}/registry")
+
+
+def etl_dag(site: Site, full: bool):
+    """The incremental (scheduled) or full-refresh (manual) DAG of one site."""
+
+    @task(execution_timeout=timedelta(minutes=5))
+    def plan() -> dict:
+        from etl.scheduled import plan_run
+
+        context = get_current_context()
+        start, end = context.get("data_interval_start"), context.get("data_interval_end")
+        return plan_run(_site_dict(site), context["run_id"], start and start.isoformat(), end and end.isoformat(), full)
+
+    @task(pool=site.pool, execution_timeout=timedelta(hours=2), **NETWORK_RETRIES)
+    def extract(settings: dict, resource_type: str) -> dict:
+        from etl.scheduled import extract as extract_one
+
+        return extract_one(settings, resource_type, _fields(site.fhir_conn_id))
+
+    @task(execution_timeout=timedelta(hours=2), **NETWORK_RETRIES)
+    def stage(settings: dict, extracts: list[dict]) -> dict:
+        from etl.scheduled import stage as stage_all
+
+        # By index: iterating the lazy sequence asks for one XCom past its end (logged as an error).
+        return stage_all(settings, [extracts[i] for i in range(len(extracts))], _registry(site))
+
+    @task(retries=0, execution_timeout=timedelta(hours=2))
+    def load_and_audit(settings: dict, staged: dict) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from etl.pipeline import RunFailed
+        from etl.scheduled import load_and_audit as audit
+
+        try:
+            return audit(settings, _registry(site))
+        except RunFailed as exc:  # the one-line reason; no retry (the data, not the machine, is wrong)
+            raise AirflowFailException(str(exc)) from exc
+
+    @task(outlets=[registry_asset(site)], execution_timeout=timedelta(minutes=10))
+    def publish(settings: dict, staged: dict, audited: dict) -> str:
+        from etl.scheduled import finish
+
+        return finish(settings, _registry(site), staged, published=True)
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def record_failure(settings: dict) -> str | None:
+        from etl.scheduled import finish
+
+        ti = get_current_context()["ti"]
+        if ti.xcom_pull(task_ids="publish") is not None:
+            return None
+        staged = ti.xcom_pull(task_ids="stage")
+        return finish(settings, _registry(site), staged, published=False,
+                      message="failed before publication: see the failed task's log for the reason")
+
+    kind = "full_refresh" if full else "incremental"
+
+    @dag(dag_id=f"dlm_registry_{kind}_{site.id}", doc_md=__doc__, max_active_runs=1,
+         schedule=None if full else CronDataIntervalTimetable(site.schedule, timezone="UTC"),
+         start_date=None if full else _start(site), catchup=False,
+         tags=["dlm", "fhir", "omop", site.id], default_args={"owner": "dlm-registry", "retries": 0})
+    def pipeline():
+        settings = plan()
+        extracts = extract.partial(settings=settings).expand(resource_type=resource_types(settings))
+        staged = stage(settings, extracts)
+        published = publish(settings, staged, load_and_audit(settings, staged))
+        published >> record_failure(settings).as_teardown()
+
+    return pipeline()
+
+
+@task(execution_timeout=timedelta(minutes=5))
+def resource_types(settings: dict) -> list[str]:
+    """The run's resource types (known once the plan resolved the site's default)."""
+    return settings["types"]
+
+
+def _start(site: Site):
+    from datetime import datetime, timezone
+
+    return datetime.combine(site.start_date, datetime.min.time(), tzinfo=timezone.utc)
+
+
+def analysis_dag(site: Site):
+    @task(execution_timeout=timedelta(hours=1))
+    def analyse() -> str:
+        from etl.scheduled import analyse as analyse_registry
+
+        return analyse_registry(_registry(site), site.out_dir)
+
+    @dag(dag_id=f"dlm_registry_analysis_{site.id}", doc_md=__doc__, schedule=[registry_asset(site)],
+         start_date=_start(site), catchup=False, max_active_runs=1, tags=["dlm", "analysis", site.id],
+         default_args={"owner": "dlm-registry", "retries": 1})
+    def analysis():
+        analyse()
+
+    return analysis()
+
+
+for _site in load_sites():
+    etl_dag(_site, full=False)
+    etl_dag(_site, full=True)
+    analysis_dag(_site)
