@@ -80,7 +80,7 @@ def load_and_audit(state: dict) -> dict:
 
     try:
         audited = load_audit_task(state["run_id"], state["source_label"], state["registry_url"], state["today"],
-                                  state["followup_window_months"])
+                                  state["followup_window_months"], out_dir=state["out_dir"])
     except RunFailed as exc:
         if exc.audit:  # quality and lesion flow (counts) for the teardown's results.json and dashboard
             get_current_context()["ti"].xcom_push(key="audit", value=exc.audit)

@@ -36,6 +36,9 @@ DEMO_LABEL = "demo cohort (synthetic)"
 UNMAPPED_COLUMNS = ["source_system", "source_code", "field", "reason", "occurrences"]
 
 
+DATA_DOCS = "data_docs"  # great-expectations Data Docs of the run's checks, under OUT
+
+
 class RunFailed(Exception):
     """A run that ended without publishing; the message is the one-line reason for the user.
 
@@ -95,7 +98,7 @@ def stage(registry: Registry, source: str, codes: CodeMap, run_id: str, show_pro
 
 
 def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str, window_months: float,
-                   today: dt.date, show_progress=None) -> dict:
+                   today: dt.date, show_progress=None, data_docs_dir: Path | None = None) -> dict:
     """Write-audit-publish in one transaction: map staging to OMOP + DLM rows, replace the registry's rows,
     derive outcomes, and audit that uncommitted state with the quality checks. Commit only when no
     critical check fails; otherwise roll back, so the published registry is never replaced by data that
@@ -119,7 +122,7 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
             counts = load_rows(conn, t, ctx.rows, ctx.ids.new, ctx.ids.version_changes)
             groups = derive(conn, t, window_months)
             log.info("quality checks")
-            checks = run_checks(conn, t, today)
+            checks = run_checks(conn, t, today, data_docs_dir)
             flow = lesion_flow(read_lesions(conn, registry.schemas.dlm))
         except BaseException:
             transaction.rollback()
@@ -257,7 +260,7 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
         results["run"].update(stage(registry, source, codes, run_id, settings.show_progress, settings.server))
         log.info("map/load/derive")
         mapped = load_and_audit(registry, codes, run_id, source_label, settings.followup_window_months,
-                                settings.today, settings.show_progress)
+                                settings.today, settings.show_progress, settings.out_dir / DATA_DOCS)
         results["run"].update(rows=mapped["rows"], warnings=mapped["warnings"],
                               unmapped_codes=len(mapped["unmapped_codes"]))
         write_unmapped_report(settings.out_dir, mapped["unmapped_codes"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def validate(conn: sa.Connection, checks: list[Check], frames: dict[str, Frame],
                 checked -= int(stats.get("missing_count", 0) or 0)  # rows the rule applies to
             results[check.name] = CheckResult(check, checked, int(stats.get("unexpected_count", 0) or 0))
     if data_docs_dir is not None:
+        shutil.rmtree(data_docs_dir, ignore_errors=True)  # this run's pages only, not every run's
         context.build_data_docs(site_names=[DATA_DOCS_SITE])
     return [results[c.name] for c in checks]
 

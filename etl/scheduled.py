@@ -75,7 +75,8 @@ def load_and_audit(plan: dict, registry: str, mapping_dirs: list[str] = ()) -> d
     """Write-audit-publish; raises pipeline.RunFailed naming the failed critical checks."""
     mapped = pipeline.load_and_audit(open_registry(registry), load_code_map(map(Path, mapping_dirs)), plan["run_id"],
                                      plan["label"], plan["followup_window_months"],
-                                     dt.date.fromisoformat(plan["today"]), show_progress=False)
+                                     dt.date.fromisoformat(plan["today"]), show_progress=False,
+                                     data_docs_dir=Path(plan["out_dir"]) / pipeline.DATA_DOCS)
     audit = {"quality": mapped["quality"], "lesion_flow": mapped["lesion_flow"]}
     if not mapped["quality"]["publishable"]:
         raise pipeline.critical_failure(mapped["quality"], audit)

@@ -60,7 +60,7 @@ def stage_task(run_id: str, source: str, registry_url: str, mapping_dirs: list[s
 
 
 def load_audit_task(run_id: str, source: str, registry_url: str, today: str, window_months: float = 24.0,
-                    mapping_dirs: list[str] = ()) -> dict:
+                    mapping_dirs: list[str] = (), out_dir: str | None = None) -> dict:
     """Map, load, derive and audit in one transaction (write-audit-publish).
 
     Raises RunFailed naming the failed critical checks, with the audit's `quality` and `lesion_flow` (counts)
@@ -68,7 +68,8 @@ def load_audit_task(run_id: str, source: str, registry_url: str, today: str, win
     """
     registry = open_registry(registry_url)
     mapped = pipeline.load_and_audit(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
-                                     window_months, dt.date.fromisoformat(today), show_progress=False)
+                                     window_months, dt.date.fromisoformat(today), show_progress=False,
+                                     data_docs_dir=Path(out_dir) / pipeline.DATA_DOCS if out_dir else None)
     audit = {"quality": mapped["quality"], "lesion_flow": mapped["lesion_flow"]}
     if not mapped["quality"]["publishable"]:
         raise pipeline.critical_failure(mapped["quality"], audit)

@@ -272,3 +272,17 @@ def test_the_published_demo_fails_no_critical_dqd_check(registry):
         results = validate(conn, checks, frames)
     assert len(results) > 700
     assert not [r.check.name for r in results if r.check.severity == "critical" and not r.passed]
+
+
+def test_data_docs_show_every_suite_of_the_run(registry, tmp_path):
+    from etl.quality import run_checks
+
+    docs = tmp_path / "data_docs"
+    (docs / "validations").mkdir(parents=True)
+    (docs / "validations" / "stale.html").write_text("an older run's page")
+    with registry.engine.connect() as conn:
+        results = run_checks(conn, registry.tables, TODAY, docs)
+    frames = {r.check.frame for r in results}
+    index = (docs / "index.html").read_text()
+    assert all(f"dlmreg.{frame}" in index for frame in frames)
+    assert len(list((docs / "validations").rglob("*.html"))) == len(frames)  # the stale page is gone
