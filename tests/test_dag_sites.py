@@ -149,14 +149,24 @@ def test_incremental_runs_read_their_intervals_then_analysis_writes_results(bag,
 
         site_b = bag.get_dag("dlm_registry_incremental_site_b").test(logical_date=DAY[1])
         assert site_b.state == DagRunState.SUCCESS
+        b = _state(sites["registry_b"])  # before the full refresh: its own watermark and two types
+
+        server.clear_request_log()
+        refresh = bag.get_dag("dlm_registry_full_refresh_site_b").test()
+        assert refresh.state == DagRunState.SUCCESS
+        full_searches = [r["query"] for r in server.request_log if r["method"] == "GET"]
+        assert full_searches and not any("_lastUpdated" in q for q in full_searches)
+        refreshed = _state(sites["registry_b"])
 
     # The three patients changed on day 2 now carry day 2's lastUpdated: they belong to the second interval.
     assert after_first["runs"] == [("published", loaded - len(patients))]
     assert set(after_first["watermarks"].values()) == {"2026-03-02T00:00:00Z"}
     assert after_second["runs"][-1] == ("published", len(patients))  # only the second interval's changes
     assert set(after_second["watermarks"].values()) == {"2026-03-03T00:00:00Z"}
-    b = _state(sites["registry_b"])  # its own registry and watermark, only its two types
     assert b["watermarks"] == {"Condition": "2026-03-02T00:00:00Z", "Patient": "2026-03-02T00:00:00Z"}
+    # The full refresh read both days' data (its watermark: the server's time when each search began).
+    assert refreshed["runs"][-1][0] == "published" and refreshed["runs"][-1][1] > b["runs"][-1][1]
+    assert all(v > "2026-03-02T00:00:00Z" for v in refreshed["watermarks"].values())
     assert _state(sites["registry_a"])["watermarks"] == after_second["watermarks"]
 
     analysis = bag.get_dag("dlm_registry_analysis_site_a").test()
