@@ -4,6 +4,8 @@ Paging follows `Bundle.link[relation=next]` as opaque URLs (page URLs are never 
 is never read: servers count differently or wrongly). A resource seen twice in one run with the same
 version (pages shift when the server's data changes during paging) is yielded once.
 
+Reports whose attachments are given by URL get them inlined (etl.extract.attachments).
+
 Windows: with `until`, the search also asks `_lastUpdated < until` (a scheduled run reads its data
 interval, never "now"), and `until` is the new watermark.
 
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urljoin
 
+from etl.extract.attachments import inline_attachments
 from etl.extract.errors import ExtractError
 from etl.extract.files import RawRecord
 from etl.extract.http import FhirHttp, loggable, outcome_text, parse_http_date, same_origin
@@ -210,6 +213,7 @@ class RestSource:
             return RawRecord(json.dumps(resource), location, "!Bundle entry without a resource")
         meta = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
         version = meta.get("versionId")
+        self.warnings.extend(inline_attachments(resource, self.http, self.base_url))
         text = json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
         if not version:  # no version: the same content twice is the same copy
             version = "sha1:" + hashlib.sha1(json.dumps(resource, sort_keys=True).encode()).hexdigest()
