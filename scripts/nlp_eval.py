@@ -199,18 +199,22 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _seg(segment: str | None) -> str:
+    return "(report)" if segment is None else f"S{segment}"
+
+
 def format_errors(metrics: dict) -> str:
     out = []
     for e in metrics["errors"]:
         if e["type"] == "exception":
             out.append(f"{e['id']:<14} EXCEPTION {e['detail']}")
         elif e["type"] == "size":
-            out.append(f"{e['id']:<14} SIZE      S{e['segment']} {e['finding']}: expected {e['expected_size_mm']}"
+            out.append(f"{e['id']:<14} SIZE      {_seg(e['segment'])} {e['finding']}: expected {e['expected_size_mm']}"
                        f" mm, predicted {e['predicted_size_mm']}")
         else:
             tag = "FP" if e["type"] == "false_positive" else "FN"
             size = "" if e["size_mm"] is None else f" ({e['size_mm']} mm)"
-            out.append(f"{e['id']:<14} {tag:<9} S{e['segment']} {e['finding']}{size}")
+            out.append(f"{e['id']:<14} {tag:<9} {_seg(e['segment'])} {e['finding']}{size}")
     return "\n".join(out) if out else "no mismatches"
 
 
