@@ -55,7 +55,21 @@ def _parser() -> argparse.ArgumentParser:
     sites = commands.add_parser("sites", help="check the sites file; print the Airflow pools it needs")
     sites.add_argument("--file", type=Path, help="sites file (default DLMREG_SITES_FILE, else config/sites.yaml)")
     sites.add_argument("--pools", action="store_true", help="print the pools as JSON for `airflow pools import`")
+    nlp = commands.add_parser("nlp", help="print the liver-lesion findings of a report text as JSON")
+    nlp.add_argument("file", metavar="FILE", help="report text file (UTF-8), or - for standard input")
+    nlp.add_argument("--kind", choices=["imaging", "operative", "pathology", "followup"], default="imaging")
+    nlp.add_argument("--lang", choices=["en", "ja", "auto"], default="auto")
     return parser
+
+
+def _nlp(args) -> int:
+    from etl.nlp import extract
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    mentions = extract(text, args.kind, args.lang)
+    print(json.dumps([{"segment": m.segment, "finding": m.finding, "size_mm": m.size_mm} for m in mentions],
+                     ensure_ascii=False, indent=2))
+    return 0
 
 
 def _sites(args) -> int:
@@ -120,7 +134,7 @@ def _data_dictionary(args) -> int:
     return 0
 
 
-COMMANDS = {"synth": _synth, "run": _run, "data-dictionary": _data_dictionary, "sites": _sites}
+COMMANDS = {"synth": _synth, "run": _run, "data-dictionary": _data_dictionary, "sites": _sites, "nlp": _nlp}
 
 
 def main(argv: list[str] | None = None) -> int:

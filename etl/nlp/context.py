@@ -78,11 +78,18 @@ def _cue(lang: str, name: str) -> re.Pattern:
     return re.compile(getattr(LEXICON[lang], name), re.IGNORECASE)
 
 
-def triggers(text: str, start: int, end: int, kind: str, lang: str, historical_section: bool) -> list[Trigger]:
-    """The triggers of the clause text[start:end] with their context (rules C1-C4)."""
+def triggers(text: str, start: int, end: int, kind: str, lang: str, historical_section: bool,
+             ious_note: bool = False) -> list[Trigger]:
+    """The triggers of the clause text[start:end] with their context (rules C1-C4).
+
+    `ious_note`: the operative note uses intraoperative ultrasound, so a bare "seen" / "not identified"
+    speaks of it (lexicon flag "ious").
+    """
     entries, _ = _compiled(lang, kind)
     found = []
     for pattern, finding, flags in entries:
+        if "ious" in flags and not ious_note:
+            continue
         for match in pattern.finditer(text, start, end):
             if match.end() > match.start():
                 found.append((match.start(), match.end(), finding, flags))
@@ -169,6 +176,11 @@ def sizes(text: str, start: int, end: int, lang: str) -> list[Size]:
             historical = old
         out.append(Size(match.start(), match.end(), mm, historical))
     return out
+
+
+def mentions_ious(text: str) -> bool:
+    """Does the (normalised) text mention intraoperative ultrasound, in either language?"""
+    return any(re.search(LEXICON[lang].IOUS, text, re.IGNORECASE) for lang in LEXICON)
 
 
 def size_finding(kind: str, lang: str) -> str | None:

@@ -18,8 +18,8 @@ Rules (ids cited by tests/test_nlp_extract.py):
      the same lesion unless its size differs
   E7 follow-up: recurrences per segment; every "no recurrence" statement is one report-level mention with
      no segment; a segment-less recurrence counts only when it is said to be in the liver
-  E8 ignored: extra-hepatic and primary-tumour statements without a liver segment; segments in an operative
-     "Procedure:" line or naming a resection's extent ("left lateral sectionectomy (segments II-III)")
+  E8 ignored: extra-hepatic and primary-tumour statements without a liver segment; segments naming a
+     resection's extent ("left lateral sectionectomy (segments II-III)")
 """
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ _LEADS_INTO = re.compile(
     r"(?:[\w-]+\s+){0,2}?|\s*(?:(?:the|a|an|known|previously|liver|hepatic|metastatic|small|\w+ly)\s+)*)$",
     re.IGNORECASE)
 _LEADS_INTO_JA = re.compile(r"^(?:した|している|された|されている|の|な|していた)?\s*$")
-_PROCEDURE_LINE = re.compile(r"^(?:procedure|operation|operative procedure|surgery|術式|手術術式)", re.IGNORECASE)
 _EXTENT_BEFORE = re.compile(r"(?:hepatectom\w*|sectionectom\w*|lobectom\w*|segmentectom\w*|切除術|区域切除)\s*"
                             r"(?:\(|（|of\s+|including\s+)?\s*$", re.IGNORECASE)
 
@@ -82,6 +81,7 @@ def run(original: str, kind: str, lang: str) -> list[Found]:
     heading: list[Trigger] = []        # E4: "Not visible:" heading the lines below
     previous_groups: list[Group] = []
     hits_all = segments.find_segments(text)
+    ious_note = kind == "operative" and context.mentions_ious(text)
     if lang == "ja":
         hits_all = segments.spanning_after(text, hits_all)
     for sent in sentences(text):
@@ -89,7 +89,7 @@ def run(original: str, kind: str, lang: str) -> list[Found]:
         sent_groups: list[Group] = []
         orphans: list[Trigger] = []
         for c_start, c_end in clauses(text, sent.start, sent.end, lang):
-            trigs = context.triggers(text, c_start, c_end, kind, lang, sent.historical)
+            trigs = context.triggers(text, c_start, c_end, kind, lang, sent.historical, ious_note)
             c_hits = [h for h in hits if c_start <= h.start < c_end]
             current = [t for t in trigs if not t.historical and not t.weak]
             if not c_hits:
@@ -101,6 +101,7 @@ def run(original: str, kind: str, lang: str) -> list[Found]:
                     orphans.extend(current)
                 continue
             groups = _groups(text, c_hits, sent)
+            trigs = trigs + _size_triggers(text, c_start, c_end, kind, lang, sent.historical)
             _choose(groups, trigs, c_start, c_end, text, lang)
             _sizes(text, groups, c_start, c_end, lang)
             _counts(text, groups, c_start, c_end, lang)
@@ -122,13 +123,19 @@ def run(original: str, kind: str, lang: str) -> list[Found]:
     return _merge_repeats(_followup(found) if kind == "followup" else found)
 
 
+def _size_triggers(text: str, c_start: int, c_end: int, kind: str, lang: str, historical: bool) -> list[Trigger]:
+    """A bare current size speaks weakly for presence ("S3: 4 mm" on imaging is a visible lesion)."""
+    finding = context.size_finding(kind, lang)
+    if finding is None or historical:
+        return []
+    return [Trigger(s.start, s.end, finding, True, text[s.start:s.end])
+            for s in context.sizes(text, c_start, c_end, lang) if not s.historical]
+
+
 def _extent(text: str, sent: Sentence, hit: segments.Hit, kind: str) -> bool:
     """E8: in an operative note, segments of the procedure line or of a resection's extent are not lesions."""
     if kind != "operative":
         return False
-    line = text[sent.start:sent.end].lstrip(" -*•\t")
-    if _PROCEDURE_LINE.match(line) and sent.line_start:
-        return True
     multi = len(hit.lesions) > 1 or "/" in hit.lesions[0] or hit.text.lower().startswith("segments")
     return multi and bool(_EXTENT_BEFORE.search(text[max(sent.start, hit.start - 40):hit.start]))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 _SEEN = (r"seen|visible|identified|identifiable|detected|detectable|demonstrated|apparent|evident|discernible|"
          r"appreciable|appreciated|delineated|depicted|shown|visuali[sz]ed|observed|present|recogni[sz]able|"
          r"conspicuous|demonstrable|perceptible")
-_IOUS = (r"(?:(?:contrast[- ]enhanced|laparoscopic|intra-?operative|CE[- ]?)\s*)*(?:IOUS|LUS|CE-?IOUS|CEIOUS|"
+IOUS = (r"(?:(?:contrast[- ]enhanced|laparoscopic|intra-?operative|CE[- ]?)\s*)*(?:IOUS|LUS|CE-?IOUS|CEIOUS|"
          r"intra-?operative\s+(?:ultrasound|ultrasonography|sonography|US)|ultrasound|ultrasonography)")
 _NEG_SEEN = rf"(?:not|never|n't)\s+(?:be\s+|been\s+|clearly\s+|definitely\s+|reliably\s+|confidently\s+|well\s+)*(?:{_SEEN})"
 
@@ -28,14 +28,17 @@ IMAGING = (
      r"disappearing", "not_visible", ""),
     # visible: present now, whatever its course
     (r"(?:remains?|still|again|clearly|persistently)\s+(?:be\s+)?(?:" + _SEEN + r")|" + _SEEN, "visible", ""),
-    (r"persist\w*|residual|remain(?:s|ing)?|unchanged|stable|stability|no\s+(?:significant\s+|interval\s+|"
-     r"appreciable\s+|definite\s+)?(?:change|growth|increase|decrease)|smaller|larger|decreas\w*|increas\w*|reduc\w*|"
-     r"shr[iau]nk\w*|enlarg\w*|grow\w*|grew|regress\w*|partial(?:ly)?\s+(?:respon\w*|regress\w*)|response|"
-     r"responding|new|newly|progress\w*|measur\w*|cannot\s+be\s+(?:excluded|ruled\s+out)|can't\s+be\s+excluded|"
-     r"not\s+(?:be\s+)?(?:excluded|ruled\s+out)|equivocal|indeterminate|suspicious|suspected|consistent\s+with|"
-     r"compatible\s+with|in\s+keeping\s+with|representing|less\s+conspicuous|faint(?:ly)?|subtle|"
+    # ... a negation makes these absent ("no residual lesion in S7", "no new lesions")
+    (r"persist\w*|residual|remain(?:s|ing)?|new|newly|measur\w*|equivocal|indeterminate|suspicious|suspected|"
+     r"consistent\s+with|compatible\s+with|in\s+keeping\s+with|representing|faint(?:ly)?|subtle|"
      r"restrict\w*\s+diffusion|diffusion\s+restriction|hypo-?intense|hyper-?intense|hypo-?(?:dense|attenuating)|"
-     r"rim[- ]enhanc\w*|enhanc\w*", "visible", "noflip"),
+     r"rim[- ]enhanc\w*|enhanc\w*|less\s+conspicuous", "visible", ""),
+    # ... but not these: "no change", "without interval growth" still mean the lesion is there
+    (r"unchanged|stable|stability|no\s+(?:significant\s+|interval\s+|appreciable\s+|definite\s+)?(?:change|growth|"
+     r"increase|decrease)|change|smaller|larger|decreas\w*|increas\w*|reduc\w*|shr[iau]nk\w*|enlarg\w*|grow\w*|"
+     r"grew|regress\w*|partial(?:ly)?\s+(?:respon\w*|regress\w*)|response|responding|progress\w*|"
+     r"cannot\s+be\s+(?:excluded|ruled\s+out)|can't\s+be\s+excluded|not\s+(?:be\s+)?(?:excluded|ruled\s+out)",
+     "visible", "noflip"),
     (r"lesions?|nodules?|mass(?:es)?|metastas[ie]s|metastatic\s+deposits?|deposits?|foci|focus|tumou?rs?|"
      r"hypodensit\w*|hypoattenuation|SIZE", "visible", "weak"),
 )
@@ -43,14 +46,18 @@ IMAGING = (
 OPERATIVE = (
     # intraoperative ultrasound: found / not found
     (rf"(?:{_SEEN}|found|located|localised|localized|confirmed|palpated|palpable|identified)\s+(?:\w+\s+){{0,3}}?"
-     rf"(?:on|by|with|at|using|in|under)\s+(?:the\s+|a\s+)?(?:{_IOUS})", "found_on_ious", ""),
-    (rf"(?:{_IOUS})\s+(?:\([^)]*\)\s+)?(?:clearly\s+|also\s+|again\s+)?(?:identified|detected|showed|shows|revealed|"
+     rf"(?:on|by|with|at|using|in|under)\s+(?:the\s+|a\s+)?(?:{IOUS})", "found_on_ious", ""),
+    (rf"(?:{IOUS})\s+(?:\([^)]*\)\s+)?(?:clearly\s+|also\s+|again\s+)?(?:identified|detected|showed|shows|revealed|"
      rf"demonstrated|confirmed|located|localised|localized|found|depicted|visuali[sz]ed)", "found_on_ious", ""),
-    (rf"(?:{_IOUS})\s+(?:\([^)]*\)\s+)?(?:did\s+not|does\s+not|failed\s+to|could\s+not|couldn't|didn't)\s+"
+    (rf"(?:{IOUS})\s+(?:\([^)]*\)\s+)?(?:did\s+not|does\s+not|failed\s+to|could\s+not|couldn't|didn't)\s+"
      r"(?:show|identify|detect|reveal|demonstrate|locate|find|depict|visuali[sz]e|confirm)", "not_found_on_ious", ""),
-    (rf"(?:{_IOUS})[- ](?:negative|occult|invisible)|(?:occult|invisible|undetectable)\s+(?:on|by|at)\s+(?:{_IOUS})",
+    (rf"(?:{IOUS})[- ](?:negative|occult|invisible)|(?:occult|invisible|undetectable)\s+(?:on|by|at)\s+(?:{IOUS})",
      "not_found_on_ious", ""),
-    (rf"(?:{_IOUS})[- ]positive", "found_on_ious", ""),
+    (rf"(?:{IOUS})[- ]positive", "found_on_ious", ""),
+    # a bare "seen" / "not identified" in a note that uses intraoperative ultrasound speaks of the IOUS,
+    # unless it is about the preoperative imaging ("visible on preoperative MRI")
+    (rf"(?:{_SEEN}|found|located|localised|localized|confirmed)(?!\s+(?:\w+\s+){{0,2}}?(?:on|by|at)\s+(?:the\s+)?"
+     r"(?:pre-?operative|CT|MRI|MR|imaging|PET|staging|baseline|prior))", "found_on_ious", "ious"),
     # left in place
     (r"left\s+(?:in\s+(?:place|situ)|untreated|alone)|not\s+(?:been\s+)?(?:resected|removed|treated|ablated|excised)|"
      r"no\s+(?:resection|treatment|ablation)|(?:was|were)\s+left|untreated|observ\w*|surveillance|watch\w*\s+"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 _ROMAN = {"I": "1", "II": "2", "III": "3", "IV": "4", "V": "5", "VI": "6", "VII": "7", "VIII": "8"}
 _NUM = r"(?:VIII|VII|VI|IV|V|III|II|I|[1-8])(?:[ab](?![a-z]))?"
 _NUM_END = r"(?![0-9]|\.[0-9]|\s*(?:mm|cm|%))"
-_SEP = r"\s*(?:,\s*(?:and|or)\s+|,|/|-|–|~|〜|\band\b|\bor\b|&|\bto\b)\s*"
+_SEP = r"[ \t]*(?:,[ \t]*(?:and|or)[ \t]+|,|/|-|–|~|〜|\band\b|\bor\b|&|\bto\b)[ \t]*"
 # "segment 7", "Couinaud segment VII", "seg. 4b", "segments 2, 3 and 7", "segments VI/VII"
 _WORD = re.compile(
     rf"(?<![A-Za-z])(?P<kw>(?:couinaud\s+|hepatic\s+|liver\s+)?(?:segments|segment|segs?\.?))\s*"
@@ -23,10 +23,10 @@ _WORD = re.compile(
     re.IGNORECASE)
 # "S7", "S 7", "S4a", "S5/6", "S5-S6", "SVII" (upper-case S only: "s" is too common in prose)
 _LETTER = re.compile(
-    rf"(?<![A-Za-z0-9])S\s?(?P<body>(?:[1-8](?:[ab](?![a-z]))?|(?:VIII|VII|VI|IV|V|III|II)(?![A-Za-z])){_NUM_END}"
-    rf"(?:\s*[/\-–~〜]\s*S?\s?(?:[1-8][ab]?|VIII|VII|VI|IV|V|III|II){_NUM_END})?)")
+    rf"(?<![A-Za-z0-9])S ?(?P<body>(?:[1-8](?:[ab](?![a-z]))?|(?:VIII|VII|VI|IV|V|III|II)(?![A-Za-z])){_NUM_END}"
+    rf"(?:[ \t]*[/\-–~〜][ \t]*S? ?(?:[1-8][ab]?|VIII|VII|VI|IV|V|III|II){_NUM_END})?)")
 _CAUDATE = re.compile(r"caudate(?:\s+lobe)?|尾状葉", re.IGNORECASE)
-_SPLIT_NUM = re.compile(r"VIII|VII|VI|IV|V|III|II|I|[1-8][ab]?", re.IGNORECASE)
+_SPLIT_NUM = re.compile(r"(?:VIII|VII|VI|IV|V|III|II|I|[1-8])(?:[ab](?![a-z]))?", re.IGNORECASE)
 
 # One lesion across the named segments: "straddling segments 4a and 8", "a single lesion in segments 5 and 6"
 _SPANNING_BEFORE = re.compile(
@@ -55,9 +55,10 @@ class Hit:
 def arabic(numeral: str) -> str:
     """"VII" -> "7", "IVb" -> "4b", "4A" -> "4a"."""
     sub = ""
-    if numeral[-1:] in "abAB" and len(numeral) > 1 and numeral[:-1].upper() in ("IV", "4"):
+    if numeral[-1:] in "abAB" and len(numeral) > 1:
         numeral, sub = numeral[:-1], numeral[-1].lower()
-    return _ROMAN.get(numeral.upper(), numeral) + sub
+    number = _ROMAN.get(numeral.upper(), numeral)
+    return number + sub if number == "4" else number
 
 
 def _order(segment: str) -> tuple[int, str]:
