@@ -100,7 +100,9 @@ def run(original: str, kind: str, lang: str) -> list[Found]:
                 else:
                     orphans.extend(current)
                 continue
-            groups = _groups(text, c_hits, sent)
+            groups = [g for g in _groups(text, c_hits, sent) if not _not_metastasis(text, g, c_hits, c_start, c_end, lang)]
+            if not groups:
+                continue
             trigs = trigs + _size_triggers(text, c_start, c_end, kind, lang, sent.historical)
             _choose(groups, trigs, c_start, c_end, text, lang)
             _sizes(text, groups, c_start, c_end, lang)
@@ -151,6 +153,18 @@ def _groups(text: str, hits: list[segments.Hit], sent: Sentence) -> list[Group]:
     return groups
 
 
+_METASTASIS = re.compile(r"metasta|CRLM|DLM|転移|腫瘍|癌", re.IGNORECASE)
+
+
+def _not_metastasis(text: str, group: Group, hits: list, c_start: int, c_end: int, lang: str) -> bool:
+    """E8: "small cyst in segment 3", S3の嚢胞: a finding named as something other than a metastasis."""
+    before = max([h.end for h in hits if h.end <= group.start], default=c_start)
+    after = min([h.start for h in hits if h.start >= group.end], default=c_end)
+    region = text[before:after]
+    return bool(re.search(context.LEXICON[lang].NOT_METASTASIS, region, re.IGNORECASE)) and \
+        not _METASTASIS.search(region)
+
+
 def _owner(text: str, groups: list[Group], trig: Trigger, lang: str) -> int:
     """E2: the index of the group a trigger speaks about."""
     for i, group in enumerate(groups):
@@ -196,6 +210,10 @@ def _fill(groups: list[Group], trigs: list[Trigger], sizes: list | None = None) 
     """E4: give groups without a finding on an axis the first current trigger of that axis."""
     for trig in trigs:
         for group in groups:
+            had = group.findings.get(trig.axis)
+            # "not clearly seen; however, a small residual lesion cannot be excluded": the hedged presence wins
+            if had and had.finding in _ABSENT and trig.hedged and trig.finding not in _ABSENT:
+                group.findings[trig.axis] = trig
             if trig.axis not in group.findings:
                 group.findings[trig.axis] = trig
                 current = [s.mm for s in sizes or [] if not s.historical]
@@ -245,6 +263,7 @@ def _counts(text: str, groups: list[Group], c_start: int, c_end: int, lang: str)
 
 
 _NO_SIZE = {"not_visible", "no_recurrence"}
+_ABSENT = {"not_visible", "not_found_on_ious", "no_viable_tumor", "no_recurrence"}
 
 
 def _emit(text: str, group: Group, kind: str) -> list[Found]:

@@ -9,7 +9,7 @@ Patterns are matched case-insensitively between non-letters; when two overlap th
 from __future__ import annotations
 
 _SEEN = (r"seen|visible|identified|identifiable|detected|detectable|demonstrated|apparent|evident|discernible|"
-         r"appreciable|appreciated|delineated|depicted|shown|visuali[sz]ed|observed|present|recogni[sz]able|"
+         r"appreciable|appreciated|delineated|depicted|shown|visuali[sz]ed|observed|present(?!\s+(?:study|exam\w*|scan|CT|MRI|imaging))|recogni[sz]able|"
          r"conspicuous|demonstrable|perceptible")
 IOUS = (r"(?:(?:contrast[- ]enhanced|laparoscopic|intra-?operative|CE[- ]?)\s*)*(?:IOUS|LUS|CE-?IOUS|CEIOUS|"
          r"intra-?operative\s+(?:ultrasound|ultrasonography|sonography|US)|ultrasound|ultrasonography)")
@@ -106,13 +106,13 @@ HEDGE = (r"\b(?:possible|possibly|probable|probably|likely|suspicious|suspected|
 HISTORY_BEFORE_TRIGGER = r"\b(?:previously|formerly|initially|originally|earlier|at\s+baseline)\s+(?:\w+\s+)?$"
 # ... or just before a size: "previously 25 mm", "which was 25 mm", "from 25 mm", "(prev. 11 mm)".
 HISTORY_BEFORE_SIZE = (r"\b(?:previously|prior|formerly|initially|originally|earlier|was|were|had\s+been|from|"
-                       r"baseline|prev\.?|pre-?chemo\w*|pre-?treatment|measured)\s*(?:\w+\s*)?[:]?\s*$")
+                       r"baseline|prev\.?|pre-?chemo\w*|pre-?treatment)\s*(?:\w+\s*)?[:]?\s*$")
 # Just after a trigger or size: "seen on the baseline study", "30 mm in 2024", "12 mm at diagnosis".
 HISTORY_AFTER = (r"^\s*(?:[\w-]+\s+){0,3}?(?:on|in|at|from|since|vs\.?|versus)\s+(?:the\s+|a\s+)?(?:prior|previous|"
-                 r"baseline|earlier|last|preceding|initial|index|pre-?\w+|(?:\d{1,2}[/.-]){0,2}(?:19|20)\d\d)\b|"
+                 r"baseline|earlier|last|preceding|initial|index|pre-\w+|pre(?:chemo|treatment|operative)\w*|(?:\d{1,2}[/.-]){0,2}(?:19|20)\d\d)\b|"
                  r"^\s*(?:[\w-]+\s+){0,2}?(?:at\s+(?:baseline|diagnosis)|previously|before\s+chemotherapy)\b")
 # Parentheses about the past: "(baseline 25 mm)", "(previously 11 mm)".
-HISTORY_PAREN = r"\b(?:previous\w*|prior|baseline|was|were|prev|before|pre-?\w+|initial\w*|originally)\b"
+HISTORY_PAREN = r"\b(?:previous\w*|prior|baseline|was|were|prev|before|pre-\w+|pre(?:chemo|treatment)\w*|initial\w*|originally)\b"
 CURRENT = r"\b(?:now|currently|today|at\s+present|on\s+(?:the\s+)?(?:current|present|this)\s+(?:study|exam\w*|scan))\b"
 # A size followed by these is the old size: "25 mm -> 12 mm", "decreased from 25 to 12 mm".
 SIZE_OLD_AFTER = r"^\s*(?:->|→|⇒|to\b)"
@@ -121,6 +121,9 @@ EXTRAHEPATIC = (r"\b(?:lungs?|pulmonary|lymph|nodes?|nodal|peritone\w*|omentum|o
                 r"adrenal|brain|pleura\w*|spleen|kidney|renal|ovar\w*|colon|colonic|rect\w*|sigmoid|caec\w*|cec\w*|"
                 r"anastomo\w*|primary|pelvi\w*|chest|thorax|thoracic|port[- ]site|abdominal\s+wall)\b")
 LIVER = r"\b(?:liver|hepatic|intra-?hepatic|hepatectomy|segment|lobe)\b"
+# Findings called something other than a metastasis give nothing ("small cyst in segment 3").
+NOT_METASTASIS = (r"\b(?:cysts?|cystic|haemangiomas?|hemangiomas?|perfusion|THADs?|shunt|flash[- ]fill\w*|focal\s+fat|"
+                  r"fatty\s+(?:sparing|infiltration)|biloma|abscess|FNH|adenoma|calcification|granuloma)\b")
 COUNT = {"two": 2, "three": 3, "four": 4, "five": 5, "2": 2, "3": 3, "4": 4, "5": 5, "both": 2, "twin": 2}
 COUNT_BEFORE = (r"\b(?P<n>two|three|four|five|[2-5]|both)\s+(?:\w+\s+){0,3}?(?:lesions|metastases|nodules|foci|masses|"
                 r"deposits|DLMs)\s+(?:\w+\s+){0,2}?(?:in|at|within|of)\s+(?:the\s+)?$")

@@ -32,8 +32,9 @@ _SPLIT_NUM = re.compile(r"(?:VIII|VII|VI|IV|V|III|II|I|[1-8])(?:[ab](?![a-z]))?"
 _SPANNING_BEFORE = re.compile(
     r"(?:straddl\w*|spann\w*|across|bridg\w*|crossing|involving both|junction of|border of|between|"
     r"\b(?:a|one|single|the)\s+(?:\w+\s+){0,3}?(?:lesion|metastasis|nodule|mass|tumou?r|deposit)\s+(?:\w+\s+){0,2}?"
-    r"(?:in|at|of|within|involving))\s*(?:the\s+)?$", re.IGNORECASE)
-_SPANNING_AFTER = re.compile(r"^\s*(?:にまたがる|に跨る|にかけて|境界)")
+    r"(?:in|at|of|within|involving|occupying|spanning|straddling|crossing|across))\s*(?:the\s+)?$", re.IGNORECASE)
+_SPANNING_AFTER = re.compile(r"^\s*(?:にまたがる|に跨る|にかけて|境界|\(?\s*(?:a\s+)?(?:single\s+lesion|one\s+lesion)|"
+                             r"\(?\s*straddl|\(?\s*spanning|\(?\s*crossing)", re.IGNORECASE)
 _LUNG_BEFORE = re.compile(r"(?:肺|上葉|中葉|下葉|lung|pulmonary|(?:upper|middle|lower)\s+lobe|\b(?:RUL|RML|RLL|LUL|LLL)\b|"
                           r"lingula\w*)[^.。;,、]{0,12}$", re.IGNORECASE)
 _LIVER_NEAR = re.compile(r"肝|liver|hepatic", re.IGNORECASE)
@@ -98,7 +99,8 @@ def find_segments(text: str) -> list[Hit]:
             end = match.end()
         if len(numbers) == 2 and seps and seps[0] in ("/", "-", "–", "~", "〜", "to"):
             lesions = (join_segments(numbers),)
-        elif len(numbers) == 2 and _SPANNING_BEFORE.search(text[max(0, match.start() - 60):match.start()]):
+        elif len(numbers) == 2 and (_SPANNING_BEFORE.search(text[max(0, match.start() - 60):match.start()])
+                                    or _SPANNING_AFTER.match(text[end:])):
             lesions = (join_segments(numbers),)
         else:
             lesions = tuple(numbers)
@@ -113,7 +115,13 @@ def find_segments(text: str) -> list[Hit]:
     for match in _CAUDATE.finditer(text):
         hits.append(Hit(match.start(), match.end(), match.group(0), ("1",)))
     hits.sort(key=lambda h: h.start)
-    return [h for h in hits if not _excluded(text, h)]
+    out: list[Hit] = []
+    for hit in hits:
+        # "Segment 1 (caudate lobe)", "segment VII (S7)": one mention named twice
+        if out and out[-1].lesions == hit.lesions and re.fullmatch(r"\s*[(（]\s*", text[out[-1].end:hit.start]):
+            continue
+        out.append(hit)
+    return [h for h in out if not _excluded(text, h)]
 
 
 def _excluded(text: str, hit: Hit) -> bool:
