@@ -67,7 +67,8 @@ def _compiled(lang: str, kind: str) -> tuple[list[tuple[re.Pattern, str, str]], 
     for pattern, finding, flags in LEXICON[lang].TRIGGERS[kind]:
         alternatives = pattern.split("|")
         if "SIZE" in alternatives:
-            size_finding = finding
+            if "ious_local" not in flags:
+                size_finding = finding
             pattern = "|".join(a for a in alternatives if a != "SIZE")
         entries.append((re.compile(rf"(?<![A-Za-z])(?:{pattern})(?![A-Za-z])", re.IGNORECASE), finding, flags))
     return entries, size_finding
@@ -79,16 +80,17 @@ def _cue(lang: str, name: str) -> re.Pattern:
 
 
 def triggers(text: str, start: int, end: int, kind: str, lang: str, historical_section: bool,
-             ious_note: bool = False) -> list[Trigger]:
+             ious_note: bool = False, ious_local: bool = False) -> list[Trigger]:
     """The triggers of the clause text[start:end] with their context (rules C1-C4).
 
     `ious_note`: the operative note uses intraoperative ultrasound, so a bare "seen" / "not identified"
-    speaks of it (lexicon flag "ious").
+    speaks of it (lexicon flag "ious"); `ious_local`: the sentence or its heading is about the IOUS, so a
+    lesion described there was found on it (flag "ious_local").
     """
     entries, _ = _compiled(lang, kind)
     found = []
     for pattern, finding, flags in entries:
-        if "ious" in flags and not ious_note:
+        if ("ious" in flags.split() and not ious_note) or ("ious_local" in flags.split() and not ious_local):
             continue
         for match in pattern.finditer(text, start, end):
             if match.end() > match.start():

@@ -84,12 +84,16 @@ def run(original: str, kind: str, lang: str) -> list[Found]:
     ious_note = kind == "operative" and context.mentions_ious(text)
     if lang == "ja":
         hits_all = segments.spanning_after(text, hits_all)
+    ious_heading = False               # "Findings on IOUS:" / 術中超音波所見： heading the lines below
     for sent in sentences(text):
+        ious_local = ious_note and (ious_heading or context.mentions_ious(text[sent.start:sent.end])
+                                    or bool(sent.header and context.mentions_ious(sent.header)))
         hits = [h for h in hits_all if sent.start <= h.start < sent.end and not _extent(text, sent, h, kind)]
         sent_groups: list[Group] = []
         orphans: list[Trigger] = []
         for c_start, c_end in clauses(text, sent.start, sent.end, lang):
-            trigs = context.triggers(text, c_start, c_end, kind, lang, sent.historical, ious_note)
+            trigs = context.triggers(text, c_start, c_end, kind, lang, sent.historical, ious_note,
+                                     ious_local)
             c_hits = [h for h in hits if c_start <= h.start < c_end]
             current = [t for t in trigs if not t.historical and not t.weak]
             if not c_hits:
@@ -113,13 +117,14 @@ def run(original: str, kind: str, lang: str) -> list[Found]:
                 _fill(sent_groups, heading)
             previous_groups = sent_groups
             all_groups.extend(sent_groups)
-        elif sent.line_start and orphans and text[sent.start:sent.end].rstrip().endswith((":", "：")):
+        elif sent.line_start and text[sent.start:sent.end].rstrip().endswith((":", "：")):
             heading = orphans
+            ious_heading = ious_note and context.mentions_ious(text[sent.start:sent.end])
         else:
             if orphans and kind in ("operative", "pathology") and previous_groups:
                 _fill(previous_groups, orphans, sizes=context.sizes(text, sent.start, sent.end, lang))
             if sent.line_start:
-                heading = []
+                heading, ious_heading = [], False
     found = [m for g in all_groups for m in _emit(text, g, kind)] + report_level
     found.sort(key=lambda m: m.offset)
     return _merge_repeats(_followup(found) if kind == "followup" else found)
@@ -212,7 +217,7 @@ def _fill(groups: list[Group], trigs: list[Trigger], sizes: list | None = None) 
         for group in groups:
             had = group.findings.get(trig.axis)
             # "not clearly seen; however, a small residual lesion cannot be excluded": the hedged presence wins
-            if had and had.finding in _ABSENT and trig.hedged and trig.finding not in _ABSENT:
+            if had and (had.weak or (had.finding in _ABSENT and trig.hedged and trig.finding not in _ABSENT)):
                 group.findings[trig.axis] = trig
             if trig.axis not in group.findings:
                 group.findings[trig.axis] = trig

@@ -58,6 +58,9 @@ OPERATIVE = (
     # unless it is about the preoperative imaging ("visible on preoperative MRI")
     (rf"(?:{_SEEN}|found|located|localised|localized|confirmed)(?!\s+(?:\w+\s+){{0,2}}?(?:on|by|at)\s+(?:the\s+)?"
      r"(?:pre-?operative|CT|MRI|MR|imaging|PET|staging|baseline|prior))", "found_on_ious", "ious"),
+    # a lesion described under intraoperative ultrasound ("On IOUS, a 15 mm lesion in segment 6", "Findings on
+    # IOUS:" heading a list) was found on it
+    (r"lesions?|nodules?|mass(?:es)?|metastas[ie]s|tumou?rs?|foci|focus|SIZE", "found_on_ious", "weak ious_local"),
     # left in place
     (r"left\s+(?:in\s+(?:place|situ)|untreated|alone)|not\s+(?:been\s+)?(?:resected|removed|treated|ablated|excised)|"
      r"no\s+(?:resection|treatment|ablation)|(?:was|were)\s+left|untreated|observ\w*|surveillance|watch\w*\s+"

@@ -33,6 +33,7 @@ OPERATIVE = (
     # 「同定できず」「同定し」 alone, in a note that uses intraoperative ultrasound
     (_DETECT + r"(?:でき|され|し得)" + _NEG, "not_found_on_ious", "ious"),
     (_DETECT + r"(?:し|され|でき|可能)", "found_on_ious", "ious"),
+    (r"腫瘤|病変|結節|低エコー|高エコー|SIZE", "found_on_ious", "weak ious_local"),    # 術中超音波所見： の下の病変
     (r"切除(?:は|を)?(?:せず|しなかった|しない|行わず|行わなかった|施行せず)|非切除|温存|経過観察|無治療|治療(?:は|を)?(?:せず|行わず)|"
      r"処置(?:は|を)?(?:せず|行わず)|残した|残存させ|観察", "left_in_place", ""),
     (r"焼灼|ラジオ波|RFA|マイクロ波|MWA|凝固療法|アブレーション", "ablated", ""),
