@@ -40,6 +40,8 @@ _LEADS_INTO = re.compile(
     r"(?:[\w-]+\s+){0,2}?|\s*(?:(?:the|a|an|known|previously|liver|hepatic|metastatic|small|\w+ly)\s+)*)$",
     re.IGNORECASE)
 _LEADS_INTO_JA = re.compile(r"^(?:した|している|された|されている|の|な|していた)?\s*$")
+_EXTENT_AFTER = re.compile(r"\s*(?:\w+\s+)?(?:bi|tri)?(?:segmentectom|sectionectom|hepatectom|区域切除|亜区域切除)",
+                           re.IGNORECASE)
 _EXTENT_BEFORE = re.compile(r"(?:hepatectom\w*|sectionectom\w*|lobectom\w*|segmentectom\w*|切除術|区域切除)\s*"
                             r"(?:\(|（|of\s+|including\s+)?\s*$", re.IGNORECASE)
 
@@ -92,8 +94,9 @@ def run(original: str, kind: str, lang: str) -> list[Found]:
         sent_groups: list[Group] = []
         orphans: list[Trigger] = []
         for c_start, c_end in clauses(text, sent.start, sent.end, lang):
-            trigs = context.triggers(text, c_start, c_end, kind, lang, sent.historical, ious_note,
-                                     ious_local)
+            past = sent.historical or bool(re.match(context.LEXICON[lang].HISTORY_CLAUSE, text[c_start:c_end],
+                                                    re.IGNORECASE))
+            trigs = context.triggers(text, c_start, c_end, kind, lang, past, ious_note, ious_local)
             c_hits = [h for h in hits if c_start <= h.start < c_end]
             current = [t for t in trigs if not t.historical and not t.weak]
             if not c_hits:
@@ -107,7 +110,7 @@ def run(original: str, kind: str, lang: str) -> list[Found]:
             groups = [g for g in _groups(text, c_hits, sent) if not _not_metastasis(text, g, c_hits, c_start, c_end, lang)]
             if not groups:
                 continue
-            trigs = trigs + _size_triggers(text, c_start, c_end, kind, lang, sent.historical)
+            trigs = trigs + _size_triggers(text, c_start, c_end, kind, lang, past)
             _choose(groups, trigs, c_start, c_end, text, lang)
             _sizes(text, groups, c_start, c_end, lang)
             _counts(text, groups, c_start, c_end, lang)
@@ -144,7 +147,8 @@ def _extent(text: str, sent: Sentence, hit: segments.Hit, kind: str) -> bool:
     if kind != "operative":
         return False
     multi = len(hit.lesions) > 1 or "/" in hit.lesions[0] or hit.text.lower().startswith("segments")
-    return multi and bool(_EXTENT_BEFORE.search(text[max(sent.start, hit.start - 40):hit.start]))
+    return multi and bool(_EXTENT_BEFORE.search(text[max(sent.start, hit.start - 40):hit.start])
+                          or _EXTENT_AFTER.match(text[hit.end:sent.end]))
 
 
 def _groups(text: str, hits: list[segments.Hit], sent: Sentence) -> list[Group]:
@@ -257,7 +261,7 @@ def _counts(text: str, groups: list[Group], c_start: int, c_end: int, lang: str)
     lex = context.LEXICON[lang]
     for group in groups:
         for hi, hit in enumerate(group.hits):
-            if len(hit.lesions) != 1:
+            if len(hit.lesions) != 1 or len(group.hits) != 1:     # "S2、S4a、S6、S8に計4病変" is a total
                 continue
             if lang == "ja":
                 match = re.match(lex.COUNT_AFTER, text[hit.end:c_end])
@@ -319,8 +323,10 @@ def _followup(found: list[Found]) -> list[Found]:
                 said_none = True
             continue
         out.append(m)
-    recurrences = [m for m in out if m.finding == "recurrence" and m.segment]
-    return [m for m in out if not (m.finding == "recurrence" and m.segment is None and recurrences)]
+    # "Elsewhere no new lesions" next to a recurrence is not a report of no recurrence
+    recurrences = [m for m in out if m.finding == "recurrence"]
+    return [m for m in out if not (m.segment is None and recurrences and (
+        m.finding == "no_recurrence" or (m.finding == "recurrence" and any(r.segment for r in recurrences))))]
 
 
 def _merge_repeats(found: list[Found]) -> list[Found]:

@@ -56,7 +56,8 @@ OPERATIVE = (
     (rf"(?:{IOUS})[- ]positive", "found_on_ious", ""),
     # a bare "seen" / "not identified" in a note that uses intraoperative ultrasound speaks of the IOUS,
     # unless it is about the preoperative imaging ("visible on preoperative MRI")
-    (rf"(?:{_SEEN}|found|located|localised|localized|confirmed)(?!\s+(?:\w+\s+){{0,2}}?(?:on|by|at)\s+(?:the\s+)?"
+    (r"(?:seen|visible|identified|detected|visuali[sz]ed|depicted|demonstrated|shown|found|located|localised|"
+     r"localized|confirmed)(?!\s+(?:\w+\s+){{0,2}}?(?:on|by|at)\s+(?:the\s+)?"
      r"(?:pre-?operative|CT|MRI|MR|imaging|PET|staging|baseline|prior))", "found_on_ious", "ious"),
     # a lesion described under intraoperative ultrasound ("On IOUS, a 15 mm lesion in segment 6", "Findings on
     # IOUS:" heading a list) was found on it
@@ -91,8 +92,10 @@ FOLLOWUP = (
      r"masses|mass|foci|focus|deposits?)|progress\w*|cannot\s+be\s+(?:excluded|ruled\s+out)|suspicious|"
      r"enlarg\w*|grow\w*|increas\w*", "recurrence", ""),
     (r"no\s+evidence\s+of\s+(?:\w+\s+){0,3}?(?:recurren\w*|disease|metastas[ie]s|malignancy)|disease[- ]free|"
-     r"(?:post-?(?:surgical|operative|treatment|ablation)|treatment[- ]related|expected)\s+changes?|"
-     r"ablation\s+(?:zone|cavity|defect|site)|stable|unchanged|clear", "no_recurrence", ""),
+     r"stable|unchanged|clear", "no_recurrence", ""),
+    # what a treated site should look like: only when nothing else is said about the segment
+    (r"(?:post-?(?:surgical|operative|treatment|ablation)|treatment[- ]related|expected)\s+changes?|"
+     r"ablation\s+(?:zone|cavity|defect|site)|scar", "no_recurrence", "weak"),
     (r"lesions?|nodules?|mass(?:es)?|metastas[ie]s|foci|focus|SIZE", "recurrence", "weak"),
 )
 
@@ -114,6 +117,9 @@ HISTORY_BEFORE_SIZE = (r"\b(?:previously|prior|formerly|initially|originally|ear
 HISTORY_AFTER = (r"^\s*(?:[\w-]+\s+){0,3}?(?:on|in|at|from|since|vs\.?|versus)\s+(?:the\s+|a\s+)?(?:prior|previous|"
                  r"baseline|earlier|last|preceding|initial|index|pre-\w+|pre(?:chemo|treatment|operative)\w*|(?:\d{1,2}[/.-]){0,2}(?:19|20)\d\d)\b|"
                  r"^\s*(?:[\w-]+\s+){0,2}?(?:at\s+(?:baseline|diagnosis)|previously|before\s+chemotherapy)\b")
+# A clause opening on the past: "Previously, there were lesions in S2 and S3."
+HISTORY_CLAUSE = (r"^\W*(?:previously|at\s+baseline|at\s+diagnosis|before\s+chemotherapy|on\s+the\s+(?:prior|previous|"
+                  r"baseline)\s+(?:study|CT|MRI|MR|scan|exam\w*)|in\s+(?:19|20)\d\d)\b")
 # Parentheses about the past: "(baseline 25 mm)", "(previously 11 mm)".
 HISTORY_PAREN = r"\b(?:previous\w*|prior|baseline|was|were|prev|before|pre-\w+|pre(?:chemo|treatment)\w*|initial\w*|originally)\b"
 CURRENT = r"\b(?:now|currently|today|at\s+present|on\s+(?:the\s+)?(?:current|present|this)\s+(?:study|exam\w*|scan))\b"

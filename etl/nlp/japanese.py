@@ -6,7 +6,7 @@ Texts are width-normalised first, so ＳＲＦＡ / １２ｍｍ are matched as 
 """
 from __future__ import annotations
 
-_NEG = r"(?:ない|ません|ず|なかった|ませんでした)"
+_NEG = r"(?:ない|なく(?:なった|なっている|なりました)?|ません|ず|なかった|ませんでした)"
 _DETECT = r"(?:同定|確認|描出|指摘|検出|認識|視認|特定)"
 IOUS = (r"(?:(?:造影|ソナゾイド造影|腹腔鏡下?)?術中(?:造影)?(?:超音波|エコー|US)(?:検査)?|(?:CE-?)?IOUS|"
          r"造影(?:術中)?(?:超音波|エコー)|術中(?:超音波|エコー)\(?[^)]{0,12}\)?)")
@@ -69,6 +69,8 @@ NEGATION_BLOCK = r"[、。,;]"
 HEDGE = r"疑(?:い|う|われ)|否定でき(?:ない|ません|ず)|否定は困難|可能性|示唆|考えられ|possible|equivocal"
 HISTORY_BEFORE_TRIGGER = r"(?:前回|以前|初回|治療前|化学療法前|ベースライン)(?:の?(?:CT|MRI|検査|画像))?(?:では|で|に|にて|は|の)?$"
 HISTORY_BEFORE_SIZE = r"(?:前回|以前|初回|治療前|化学療法前|ベースライン|前|from|previously)(?:の?(?:CT|MRI|検査))?(?:では|で|は|の|に|:)?\s*(?:径|最大径)?$"
+# A clause opening on the past ("前回MRIではS2、S4aに計4病変") is historical unless it compares (前回と比較して).
+HISTORY_CLAUSE = r"^\s*(?:前回|以前|初回|治療前|化学療法前)(?:の)?(?:CT|MRI|検査|画像)?[^、。と]{0,12}?(?:では|で|は|に)(?!比べ|比較)"
 HISTORY_AFTER = r"^\s*(?:から|より|→|->|⇒)"
 HISTORY_PAREN = r"前回|以前|初回|治療前|化学療法前|ベースライン|前"
 CURRENT = r"今回|現在|本検査"
