@@ -303,3 +303,45 @@ def test_cli_nlp_stdin_and_kind(monkeypatch, capsys):
 
 def test_cli_nlp_missing_file(tmp_path, capsys):
     assert cli.main(["nlp", str(tmp_path / "missing.txt")]) == cli.EXIT_BAD_INPUT
+
+
+# --- rules added while measuring on the evaluation corpus -------------------------------------------------------
+
+def test_e8_findings_named_as_something_else_give_nothing():
+    assert got("Small cyst in segment 3, unchanged. The S7 lesion has disappeared.") == [("7", "not_visible", None)]
+    assert got("S3の嚢胞は不変。S7の転移巣は消失。") == [("7", "not_visible", None)]
+
+
+def test_c4_clause_opening_on_the_past():
+    assert got("Previously, there were lesions in S2 and S3.\nNow the S3 lesion measures 5 mm.") == [("3", "visible", 5.0)]
+    assert got("前回MRI（4か月前）ではS2、S8に計2病変。\n今回、S8の病変のみ10mmで残存。S2には異常を認めない。") == [
+        ("8", "visible", 10.0), ("2", "not_visible", None)]
+    assert got("前回指摘したS3の病変は消失した。") == [("3", "not_visible", None)]
+
+
+def test_japanese_no_longer_seen():
+    assert got("S6、S7の肝転移は指摘できなくなった。") == [("6", "not_visible", None), ("7", "not_visible", None)]
+
+
+def test_ious_heading_reaches_its_list_items():
+    text = "Findings on IOUS:\nS2: 10 mm lesion - wedge resection\nS4a: not seen\nThe S4a lesion was left in situ."
+    assert got(text, "operative") == [("2", "found_on_ious", 10.0), ("2", "resected", 10.0),
+                                      ("4a", "not_found_on_ious", None), ("4a", "left_in_place", None)]
+
+
+def test_e8_extent_named_after_the_segments():
+    text = "Segment 5 and 6 bisegmentectomy for the lesion spanning S5/6, 22 mm, seen on IOUS."
+    assert sorted(got(text, "operative")) == [("5/6", "found_on_ious", 22.0), ("5/6", "resected", 22.0)]
+
+
+def test_e7_no_report_level_absence_beside_a_recurrence():
+    text = "A 7 mm defect has reappeared in segment 3, in keeping with recurrence. Elsewhere no new lesions."
+    assert got(text, "followup") == [("3", "recurrence", 7.0)]
+    assert got("Local recurrence at the ablation zone in segment VIII.", "followup") == [("8", "recurrence", None)]
+
+
+def test_e4_coreference_to_the_previous_sentence_in_operative_notes():
+    text = "腹腔鏡下にS8の2病変とS7の1病変に対してマイクロ波凝固を施行した。いずれも腹腔鏡用超音波で描出された。"
+    assert sorted(got(text, "operative")) == sorted([("8", "ablated", None), ("8", "ablated", None), ("7", "ablated", None),
+                                                     ("8", "found_on_ious", None), ("8", "found_on_ious", None),
+                                                     ("7", "found_on_ious", None)])

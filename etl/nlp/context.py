@@ -80,12 +80,13 @@ def _cue(lang: str, name: str) -> re.Pattern:
 
 
 def triggers(text: str, start: int, end: int, kind: str, lang: str, historical_section: bool,
-             ious_note: bool = False, ious_local: bool = False) -> list[Trigger]:
+             ious_note: bool = False, ious_local: bool = False, past_clause: bool = False) -> list[Trigger]:
     """The triggers of the clause text[start:end] with their context (rules C1-C4).
 
     `ious_note`: the operative note uses intraoperative ultrasound, so a bare "seen" / "not identified"
     speaks of it (lexicon flag "ious"); `ious_local`: the sentence or its heading is about the IOUS, so a
-    lesion described there was found on it (flag "ious_local").
+    lesion described there was found on it (flag "ious_local"); `past_clause`: the clause opens on the past
+    ("Previously, ...", 前回MRIでは), so all but words of change are historical.
     """
     entries, _ = _compiled(lang, kind)
     found = []
@@ -112,8 +113,8 @@ def triggers(text: str, start: int, end: int, kind: str, lang: str, historical_s
                                                re.IGNORECASE):
             trig.negated = True
         trig.hedged = bool(hedge)                                                                             # C3
-        trig.historical = historical_section or (
-            not _CHANGE.search(trig.text) and _historical(text, start, end, s, e, lang, "HISTORY_BEFORE_TRIGGER"))
+        trig.historical = historical_section or (not _CHANGE.search(trig.text) and (
+            past_clause or _historical(text, start, end, s, e, lang, "HISTORY_BEFORE_TRIGGER")))
         out.append(trig)
     return out
 

@@ -31,6 +31,7 @@ from etl.nlp.context import Trigger
 from etl.nlp.text import Sentence, clauses, normalize, sentences
 
 _CONNECTOR = re.compile(
+    r"\s*(?:の?[1-5]\s*(?:個|病変|箇所|か所|ヶ所|つ)(?:の病変)?)?"
     r"\s*(?:lesions?|nodules?|metastas[ie]s|foci|DLMs?)?\s*(?:,|、|・|/|&|\band\b|\bor\b|as well as|と|及び|および|や|"
     r"ならびに|\s)*\s*(?:\b(?:in|at)\b\s+)?(?:(?:a|an|the|another|one|second|further)\s+)?(?:(?:small|further|"
     r"second|residual|other|smaller|larger)\s+)*(?:(?:lesions?|nodules?|metastas[ie]s|focus|foci|DLMs?)\s+)?"
@@ -40,6 +41,7 @@ _LEADS_INTO = re.compile(
     r"(?:[\w-]+\s+){0,2}?|\s*(?:(?:the|a|an|known|previously|liver|hepatic|metastatic|small|\w+ly)\s+)*)$",
     re.IGNORECASE)
 _LEADS_INTO_JA = re.compile(r"^(?:した|している|された|されている|の|な|していた)?\s*$")
+_ITEM_LINE = re.compile(r"^\s*(?:[-*•・]|\d+\s*[).）:]|[（(]\d+[）)]|[^。.]{0,20}?[:：|])")
 _EXTENT_AFTER = re.compile(r"\s*(?:\w+\s+)?(?:bi|tri)?(?:segmentectom|sectionectom|hepatectom|区域切除|亜区域切除)",
                            re.IGNORECASE)
 _EXTENT_BEFORE = re.compile(r"(?:hepatectom\w*|sectionectom\w*|lobectom\w*|segmentectom\w*|切除術|区域切除)\s*"
@@ -73,6 +75,7 @@ class Found:
     end: int
     sentence: Sentence
     modifiers: tuple[str, ...]
+    trigger_at: int = 0              # where its finding was said: orders two findings of one lesion
 
 
 def run(original: str, kind: str, lang: str) -> list[Found]:
@@ -88,15 +91,18 @@ def run(original: str, kind: str, lang: str) -> list[Found]:
         hits_all = segments.spanning_after(text, hits_all)
     ious_heading = False               # "Findings on IOUS:" / 術中超音波所見： heading the lines below
     for sent in sentences(text):
+        if sent.line_start and not _ITEM_LINE.match(text[sent.start:sent.end]):
+            ious_heading = False           # a heading reaches only the list items below it
         ious_local = ious_note and (ious_heading or context.mentions_ious(text[sent.start:sent.end])
                                     or bool(sent.header and context.mentions_ious(sent.header)))
         hits = [h for h in hits_all if sent.start <= h.start < sent.end and not _extent(text, sent, h, kind)]
         sent_groups: list[Group] = []
         orphans: list[Trigger] = []
         for c_start, c_end in clauses(text, sent.start, sent.end, lang):
-            past = sent.historical or bool(re.match(context.LEXICON[lang].HISTORY_CLAUSE, text[c_start:c_end],
-                                                    re.IGNORECASE))
-            trigs = context.triggers(text, c_start, c_end, kind, lang, past, ious_note, ious_local)
+            past_clause = bool(re.match(context.LEXICON[lang].HISTORY_CLAUSE, text[c_start:c_end], re.IGNORECASE))
+            past = sent.historical or past_clause
+            trigs = context.triggers(text, c_start, c_end, kind, lang, sent.historical, ious_note, ious_local,
+                                     past_clause)
             c_hits = [h for h in hits if c_start <= h.start < c_end]
             current = [t for t in trigs if not t.historical and not t.weak]
             if not c_hits:
@@ -129,7 +135,7 @@ def run(original: str, kind: str, lang: str) -> list[Found]:
             if sent.line_start:
                 heading, ious_heading = [], False
     found = [m for g in all_groups for m in _emit(text, g, kind)] + report_level
-    found.sort(key=lambda m: m.offset)
+    found.sort(key=lambda m: (m.offset, m.trigger_at))
     return _merge_repeats(_followup(found) if kind == "followup" else found)
 
 
@@ -261,7 +267,7 @@ def _counts(text: str, groups: list[Group], c_start: int, c_end: int, lang: str)
     lex = context.LEXICON[lang]
     for group in groups:
         for hi, hit in enumerate(group.hits):
-            if len(hit.lesions) != 1 or len(group.hits) != 1:     # "S2、S4a、S6、S8に計4病変" is a total
+            if len(hit.lesions) != 1:
                 continue
             if lang == "ja":
                 match = re.match(lex.COUNT_AFTER, text[hit.end:c_end])
@@ -290,7 +296,8 @@ def _emit(text: str, group: Group, kind: str) -> list[Found]:
                     size = sizes[li] if len(sizes) == len(lesions) else None
                 if trig.finding in _NO_SIZE:
                     size = None
-                out.append(Found(segment, trig.finding, size, hit.start, hit.end, group.sentence, modifiers))
+                out.append(Found(segment, trig.finding, size, hit.start, hit.end, group.sentence, modifiers,
+                                 trig.start))
     return out
 
 

@@ -69,7 +69,7 @@ OPERATIVE = (
     # ablated
     (r"ablat\w*|RFA|MWA|radiofrequency|radio-frequency|microwave|cryo\w*|electroporation|thermal", "ablated", ""),
     # resected
-    (r"resect\w*|remov\w*|excis\w*|hepatectom\w*|segmentectom\w*|sectionectom\w*|lobectom\w*|metastasectom\w*|"
+    (r"resect\w*|remov\w*|excis\w*|\w*(?:hepatectom|segmentectom|sectionectom|lobectom)\w*|metastasectom\w*|"
      r"enucleat\w*|wedge|taken\s+with|included\s+in\s+the\s+(?:specimen|resection)", "resected", ""),
 )
 
