@@ -27,7 +27,7 @@ FLIP = {"visible": "not_visible", "found_on_ious": "not_found_on_ious", "viable_
         "recurrence": "no_recurrence", "resected": "left_in_place", "ablated": "left_in_place"}
 AXIS = {"visible": "status", "not_visible": "status", "resected": "handling", "ablated": "handling",
         "left_in_place": "handling", "found_on_ious": "ious", "not_found_on_ious": "ious",
-        "viable_tumor": "viability", "no_viable_tumor": "viability", "recurrence": "recurrence",
+        "viable_tumor": "viability", "no_viable_tumor": "viability", "not_assessable": "viability", "recurrence": "recurrence",
         "no_recurrence": "recurrence"}
 # Words of change compare with a prior study but state the current status: never historical (rule C4).
 _CHANGE = re.compile(r"smaller|larger|decreas|increas|reduc|shr[iau]nk|enlarg|grow|grew|regress|respon|unchanged|"
@@ -102,7 +102,8 @@ def triggers(text: str, start: int, end: int, kind: str, lang: str, historical_s
         if all(item[1] <= k[0] or item[0] >= k[1] for k in kept):
             kept.append(item)
     kept.sort()
-    masked = _mask(text, start, end, [(k[0], k[1]) for k in kept])
+    # "no change in the S7 lesion": the "no" of a trigger that keeps its finding negates nothing else
+    masked = _mask(text, start, end, [(k[0], k[1]) for k in kept if "noflip" in k[3]])
     hedge = _cue(lang, "HEDGE").search(text, start, end)
     out = []
     for s, e, finding, flags in kept:

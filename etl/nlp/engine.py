@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from etl.nlp import context, segments
+from etl.nlp import KINDS, context, segments
 from etl.nlp.context import Trigger
 from etl.nlp.text import Sentence, clauses, normalize, sentences
 
@@ -277,6 +277,7 @@ def _counts(text: str, groups: list[Group], c_start: int, c_end: int, lang: str)
                 group.counts[hi] = lex.COUNT[match.group("n").lower()]
 
 
+_FINDINGS = {f for findings in KINDS.values() for f in findings}
 _NO_SIZE = {"not_visible", "no_recurrence"}
 _ABSENT = {"not_visible", "not_found_on_ious", "no_viable_tumor", "no_recurrence"}
 
@@ -284,6 +285,8 @@ _ABSENT = {"not_visible", "not_found_on_ious", "no_viable_tumor", "no_recurrence
 def _emit(text: str, group: Group, kind: str) -> list[Found]:
     out = []
     for axis, trig in group.findings.items():
+        if trig.finding not in _FINDINGS:          # "not assessable": said, but no finding
+            continue
         modifiers = tuple(name for name, on in (("negated", trig.negated), ("hedged", trig.hedged),
                                                 ("historical", group.sentence.historical)) if on)
         for hi, hit in enumerate(group.hits):

@@ -25,7 +25,8 @@ IMAGING = (
      r"(?:response|resolution|regression|disappearance)|complete(?:ly)?\s+resolved|\bCR\b|invisible|undetectable|"
      r"non-?visuali[sz]ed|absent|gone|no\s+(?:residual\s+|focal\s+|discrete\s+)?(?:abnormality|lesion|focus)\s+"
      r"(?:is\s+)?(?:seen|identified|visible|detected)|(?:is|are|was|were)\s+occult|occult|DLM|"
-     r"disappearing", "not_visible", ""),
+     r"disappearing|no\s+(?:residual\s+|focal\s+|discrete\s+|definite\s+|visible\s+|new\s+|measurable\s+)?"
+     r"(?:lesions?|abnormalit(?:y|ies)|masses|mass|nodules?|focus|foci|tumou?r)", "not_visible", ""),
     # visible: present now, whatever its course
     (r"(?:remains?|still|again|clearly|persistently)\s+(?:be\s+)?(?:" + _SEEN + r")|" + _SEEN, "visible", ""),
     # ... a negation makes these absent ("no residual lesion in S7", "no new lesions")
@@ -57,7 +58,7 @@ OPERATIVE = (
     # a bare "seen" / "not identified" in a note that uses intraoperative ultrasound speaks of the IOUS,
     # unless it is about the preoperative imaging ("visible on preoperative MRI")
     (r"(?:seen|visible|identified|detected|visuali[sz]ed|depicted|demonstrated|shown|found|located|localised|"
-     r"localized|confirmed)(?!\s+(?:\w+\s+){{0,2}}?(?:on|by|at)\s+(?:the\s+)?"
+     r"localized|confirmed)(?!\s+(?:\w+\s+){0,2}?(?:on|by|at)\s+(?:the\s+)?"
      r"(?:pre-?operative|CT|MRI|MR|imaging|PET|staging|baseline|prior))", "found_on_ious", "ious"),
     # a lesion described under intraoperative ultrasound ("On IOUS, a 15 mm lesion in segment 6", "Findings on
     # IOUS:" heading a list) was found on it
@@ -78,13 +79,16 @@ PATHOLOGY = (
      r"(?:necrosis|fibrosis|scar\w*|hyalini[sz]ation)\s+only|only\s+(?:\w+\s+){0,2}?(?:necrosis|fibrosis|scar\w*)|"
      r"no\s+(?:residual\s+|viable\s+)*(?:tumou?r|carcinoma|adenocarcinoma|malignancy|neoplasm|cancer|metastas[ie]s)"
      r"(?:\s+cells?)?|(?:tumou?r|malignancy)[- ]free|negative\s+for\s+(?:\w+\s+){0,2}?(?:malignancy|tumou?r|carcinoma)|"
-     r"TRG\s*1\b|benign", "no_viable_tumor", ""),
+     r"TRG\s*1\b|benign|complete\s+(?:tumou?r\s+)?regression", "no_viable_tumor", ""),
     (r"viable(?:\s+(?:tumou?r|carcinoma|adenocarcinoma|cancer|neoplastic|malignant|metastatic))*(?:\s+cells?)?|"
      r"residual\s+(?:viable\s+)?(?:adeno)?carcinoma|residual\s+(?:metastatic\s+)?tumou?r(?:\s+cells?)?|"
      r"(?:metastatic\s+)?(?:\w+\s+differentiated\s+)?(?:colorectal\s+)?adenocarcinoma|carcinoma|malignan\w*|"
-     r"tumou?r\s+cells?|cancer\s+cells?|metastas[ie]s|cannot\s+be\s+excluded", "viable_tumor", ""),
+     r"tumou?r\s+cells?|cancer\s+cells?|cannot\s+be\s+excluded", "viable_tumor", ""),
+    # the lesion could not be assessed: no finding (not_assessable is dropped, it only blocks weak words)
+    (r"not\s+(?:assessable|evaluable|assessed)|(?:site\s+)?not\s+(?:identified|found)\s+in\s+the\s+specimen",
+     "not_assessable", ""),
     (r"necrosis|necrotic|fibrosis|fibrotic|scar\w*|hyalini[sz]\w*|regressi\w*", "no_viable_tumor", "weak"),
-    (r"tumou?rs?|lesions?|nodules?|SIZE", "viable_tumor", "weak"),
+    (r"tumou?rs?|lesions?|nodules?|metastas[ie]s|SIZE", "viable_tumor", "weak"),
 )
 
 FOLLOWUP = (

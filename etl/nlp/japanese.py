@@ -46,6 +46,7 @@ PATHOLOGY = (
      r"viable\s*な?(?:腫瘍|癌)?(?:細胞)?(?:は|を)?(?:なし|無し|認めない|認めません|認めず)|Grade\s*3|TRG\s*1", "no_viable_tumor", ""),
     (r"(?:viable\s*な?)?(?:腫瘍|癌)細胞(?:の)?(?:残存|遺残)?|(?:腫瘍|癌)の(?:残存|遺残)|残存(?:腫瘍|癌)|viable|腺癌|"
      r"癌(?:の)?転移|転移性(?:腺)?癌|癌|否定でき(?:ない|ません)", "viable_tumor", ""),
+    (r"評価(?:不能|困難|できず)|同定できず", "not_assessable", ""),
     (r"壊死|線維化|瘢痕|硝子化", "no_viable_tumor", "weak"),
     (r"腫瘍|結節|病変|SIZE", "viable_tumor", "weak"),
 )
@@ -67,7 +68,8 @@ NEGATION_AFTER = (r"^[^、。,;\n]{0,6}?(?:(?:は|を|が|も)?(?:なし|無し)
                   r"ありません|はない|指摘(?:でき)?(?:ない|ません|ず))")
 NEGATION_BLOCK = r"[、。,;]"
 HEDGE = r"疑(?:い|う|われ)|否定でき(?:ない|ません|ず)|否定は困難|可能性|示唆|考えられ|possible|equivocal"
-HISTORY_BEFORE_TRIGGER = r"(?:前回|以前|初回|治療前|化学療法前|ベースライン)[^、。S]{0,8}$"
+HISTORY_BEFORE_TRIGGER = (r"(?:前回|以前|初回|治療前|化学療法前|ベースライン)(?:の?(?:CT|MRI|検査|画像))?(?:では|で|に|にて|は)?$|"
+                          r"(?:前回|以前|初回)[^、。Sの]{0,6}$")     # 以前小病変を認めたS8: a past finding
 HISTORY_BEFORE_SIZE = r"(?:前回|以前|初回|治療前|化学療法前|ベースライン|前|from|previously)(?:の?(?:CT|MRI|検査))?(?:では|で|は|の|に|:)?\s*(?:径|最大径)?$"
 # A clause opening on the past ("前回MRIではS2、S4aに計4病変") is historical unless it compares (前回と比較して).
 HISTORY_CLAUSE = r"^\s*(?:前回|以前|初回|治療前|化学療法前)(?:の)?(?:CT|MRI|MR|検査|画像)?(?:\s*[(][^)]*[)])?(?:では|で|には)"

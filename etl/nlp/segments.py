@@ -23,7 +23,7 @@ _WORD = re.compile(
     re.IGNORECASE)
 # "S7", "S 7", "S4a", "S5/6", "S5-S6", "SVII" (upper-case S only: "s" is too common in prose)
 _LETTER = re.compile(
-    rf"(?<![A-Za-z0-9])S ?(?P<body>(?:[1-8](?:[ab](?![a-z]))?|(?:VIII|VII|VI|IV|V|III|II)(?![A-Za-z])){_NUM_END}"
+    rf"(?:(?<![A-Za-z0-9])S|(?<=[^\x00-\x7f])s) ?(?P<body>(?:[1-8](?:[ab](?![a-z]))?|(?:VIII|VII|VI|IV|V|III|II)(?![A-Za-z])){_NUM_END}"
     rf"(?:[ \t]*[/\-–~〜][ \t]*S? ?(?:[1-8][ab]?|VIII|VII|VI|IV|V|III|II){_NUM_END})?)")
 _CAUDATE = re.compile(r"caudate(?:\s+lobe)?|尾状葉", re.IGNORECASE)
 _SPLIT_NUM = re.compile(r"(?:VIII|VII|VI|IV|V|III|II|I|[1-8])(?:[ab](?![a-z]))?", re.IGNORECASE)
@@ -118,7 +118,8 @@ def find_segments(text: str) -> list[Hit]:
     out: list[Hit] = []
     for hit in hits:
         # "Segment 1 (caudate lobe)", "segment VII (S7)": one mention named twice
-        if out and out[-1].lesions == hit.lesions and re.fullmatch(r"\s*[(（]\s*", text[out[-1].end:hit.start]):
+        if out and out[-1].lesions == hit.lesions and re.fullmatch(r"[^()（）.。;]{0,15}[(（]\s*",
+                                                                   text[out[-1].end:hit.start]):
             continue
         out.append(hit)
     return [h for h in out if not _excluded(text, h)]
