@@ -76,6 +76,8 @@ class Found:
     sentence: Sentence
     modifiers: tuple[str, ...]
     trigger_at: int = 0              # where its finding was said: orders two findings of one lesion
+    label: str | None = None         # "Lesion 3, segment VIII" / "lesion 1 (segment II)": the report's number
+    item: bool = False               # said on a line of a list ("- S7: ...", "  Lesion 2, segment III: ...")
 
 
 def run(original: str, kind: str, lang: str) -> list[Found]:
@@ -300,7 +302,7 @@ def _emit(text: str, group: Group, kind: str) -> list[Found]:
                 if trig.finding in _NO_SIZE:
                     size = None
                 out.append(Found(segment, trig.finding, size, hit.start, hit.end, group.sentence, modifiers,
-                                 trig.start))
+                                 trig.start, _label(text, group.sentence, hit), _is_item(text, group.sentence)))
     return out
 
 
@@ -339,14 +341,42 @@ def _followup(found: list[Found]) -> list[Found]:
         m.finding == "no_recurrence" or (m.finding == "recurrence" and any(r.segment for r in recurrences))))]
 
 
+_LABEL = re.compile(r"(?:\b(?:lesion|nodule|metastasis|no\.?)\s*|#|病変|(?:^|[,、]\s*))(?P<n>\d{1,2})\s*[,:：(（]?\s*$",
+                    re.IGNORECASE)
+
+
+def _label(text: str, sent: Sentence, hit: segments.Hit) -> str | None:
+    match = _LABEL.search(text[max(sent.start, hit.start - 20):hit.start])
+    return match.group("n") if match else None
+
+
+_LIST_ITEM = re.compile(r"^(?:[ \t]+\S|\s*(?:[-*•・]|\d+\s*[.)）]|[（(]\d+[）)]))|^\s*(?:肝)?(?:S\s?[1-8]|segment|seg\.?|"
+                        r"lesion|病変)[^:：。.]{0,25}[:：]", re.IGNORECASE)
+
+
+def _is_item(text: str, sent: Sentence) -> bool:
+    return sent.line_start and bool(_LIST_ITEM.match(text[sent.start:sent.end]))
+
+
+def _same_lesion(earlier: Found, later: Found) -> bool:
+    """E6: may `later` restate `earlier`? Numbered lesions must share their number; two lines of one list
+    (one section, each its own line) are two lesions."""
+    if earlier.sentence == later.sentence:
+        return False
+    if earlier.label and later.label:
+        return earlier.label == later.label
+    if earlier.item and later.item and earlier.sentence.header == later.sentence.header:
+        return False
+    return earlier.size_mm is None or later.size_mm is None or earlier.size_mm == later.size_mm
+
+
 def _merge_repeats(found: list[Found]) -> list[Found]:
     """E6: a later sentence restating a lesion's finding is the same lesion (its size fills a gap)."""
     out: list[Found] = []
     claimed: dict[int, int] = {}          # id of an earlier mention -> start of the sentence that restated it
     for m in found:
-        same = [o for o in out if o.segment == m.segment and o.finding == m.finding and o.sentence != m.sentence
-                and claimed.get(id(o)) != m.sentence.start
-                and (o.size_mm is None or m.size_mm is None or o.size_mm == m.size_mm)]
+        same = [o for o in out if o.segment == m.segment and o.finding == m.finding
+                and claimed.get(id(o)) != m.sentence.start and _same_lesion(o, m)]
         if same:
             claimed[id(same[0])] = m.sentence.start
             if same[0].size_mm is None and m.size_mm is not None:
