@@ -8,8 +8,8 @@ import sqlalchemy as sa
 BATCH = 5000
 REPLACED_TABLES = (
     "person", "death", "condition_occurrence", "procedure_occurrence", "drug_exposure", "measurement",
-    "observation", "note", "observation_period", "episode", "episode_event", "source_to_concept_map",
-    "concept", "cdm_source", "dlm_lesion", "dlm_lesion_assessment", "dlm_lesion_handling", "dlm_clinical_event",
+    "observation", "note", "note_nlp", "observation_period", "episode", "episode_event", "source_to_concept_map",
+    "concept", "cdm_source", "dlm_lesion", "dlm_lesion_assessment", "dlm_lesion_handling", "dlm_text_comparison", "dlm_clinical_event",
 )
 
 

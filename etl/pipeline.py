@@ -113,7 +113,7 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
     with registry.engine.connect() as conn:
         transaction = conn.begin()
         try:
-            ctx = map_staging(conn, t, codes, show_progress)
+            ctx = map_staging(conn, t, codes, show_progress, today)
             ctx.rows["source_to_concept_map"] = source_to_concept_rows(codes)
             ctx.rows["cdm_source"] = [cdm_source_row(codes, source, today)]
             ctx.rows["concept"], unverified = concept_rows()

@@ -8,7 +8,8 @@ lesions, the registry reports them), DLM7 every lesion has a baseline study befo
 DLM8 every lesion has a post-chemotherapy CT before surgery (warning: a missing study leaves the lesion
 unclassified, it does not corrupt others), DLM9 every DLM has a post-chemotherapy
 MRI (warning), DLM10 chemotherapy ended before the post-chemotherapy studies, DLM11 pathology after
-the surgery, DLM12 follow-up outcomes after the surgery.
+the surgery, DLM12 follow-up outcomes after the surgery, DLM13 report text agrees with the structured
+findings of the same lesion (warning: structured data wins; the text is kept in dlm_text_comparison).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def _selects(tables: dict[str, sa.Table]) -> dict[str, sa.Select]:
             sa.case((outcome.c.outcome != "unevaluable", "n/a"), else_=outcome.c.unevaluable_reason)
             .label("unevaluable_reason")).where(dlm),
         "dlm_lesion": sa.select(lesion),
+        "dlm_text_comparison": sa.select(tables["dlm_text_comparison"]),
         "dlm_lesion_dates": sa.select(
             outcome.c.lesion_id, outcome.c.post_ct_date, outcome.c.post_mri_date, course.c.chemo_end_date,
             sa.case((outcome.c.outcome_basis == "follow_up", outcome.c.outcome_date)).label("follow_up_outcome_date"),
@@ -99,6 +101,9 @@ def _rules() -> list[Check]:
               {"column_A": "follow_up_outcome_date", "column_B": "t0_date", "or_equal": False,
                "ignore_row_if": "either_value_is_missing"},
               "follow-up outcomes are dated after the surgery"),
+        Check("DLM13:text_agrees_with_structured", "DLM13", "dlm_text_comparison", "agrees", "warning", 0.0,
+              "ExpectColumnValuesToBeInSet", {"value_set": [True]},
+              "report text agrees with the structured findings of the same lesion (structured data is used)"),
         Check("DLM6:mri_protocol_met", "DLM6", "dlm_dlm_outcome", "mri_protocol_met", "warning", 0.0,
               "ExpectColumnValuesToBeInSet", {"value_set": [True]},
               "post-chemotherapy MRI had DWI and hepatobiliary phase (flagged, not blocking)"),

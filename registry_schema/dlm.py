@@ -40,6 +40,20 @@ def dlm_tables(metadata: sa.MetaData, schema: str | None = None) -> dict[str, sa
         _col("source_key", sa.String(200), False, "FHIR Observation the finding came from"),
         schema=schema, comment="One row per lesion finding on an imaging study, IOUS or pathology.",
     )
+    t["dlm_text_comparison"] = sa.Table(
+        "dlm_text_comparison", metadata,
+        _col("comparison_id", Id, False, primary_key=True, autoincrement=False),
+        _col("lesion_id", Id, False, "dlm_lesion.lesion_id"),
+        _col("person_id", Id, False),
+        _col("fact", sa.String(16), False, "the modality (ct, mri, ious, ce_ious, pathology) or `handling`"),
+        _col("fact_date", sa.Date, False),
+        _col("structured_finding", sa.String(24), False, "kept"),
+        _col("text_finding", sa.String(24), False, "read from the note (NOTE_NLP), not used"),
+        _col("agrees", sa.Boolean, False),
+        _col("note_source_key", sa.String(200), False, "the FHIR report or document the text came from"),
+        schema=schema, comment="A text finding of a lesion fact that structured data also holds: the structured "
+                               "one is used; disagreements are a quality warning (DLM13).",
+    )
     t["dlm_lesion_handling"] = sa.Table(
         "dlm_lesion_handling", metadata,
         _col("handling_id", Id, False, primary_key=True, autoincrement=False),

@@ -39,6 +39,16 @@ def plant_lesion_without_baseline(directory):
     baseline = {o["id"] for o in mine if o["effectiveDateTime"] == mine[0]["effectiveDateTime"]
                 or o["effectiveDateTime"] <= mine[1]["effectiveDateTime"]}
     _write(directory / "Observation.ndjson", [o for o in observations if o["id"] not in baseline])
+    # The baseline reports' text would still show the lesion (text fills in missing structured facts):
+    # those reports lose their text too.
+    dates = {o["effectiveDateTime"] for o in mine if o["id"] in baseline}
+    patient = mine[0]["subject"]["reference"]
+    reports = _lines(directory / "DiagnosticReport.ndjson")
+    for report in reports:
+        if report["subject"]["reference"] == patient and report.get("effectiveDateTime") in dates:
+            report.pop("presentedForm", None)
+            report.pop("conclusion", None)
+    _write(directory / "DiagnosticReport.ndjson", reports)
 
 
 def plant_pathology_before_surgery(directory):

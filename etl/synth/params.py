@@ -64,6 +64,10 @@ class SynthParams:
         median was not reached.
     rfs_median_months_all_dlm_removed / rfs_median_months_dlm_left_behind: median of the exponential
         time to a recurrence elsewhere than a tracked DLM site, per arm; defaults = DREAM RFS medians.
+    narrative_only_share: per cohort patient, P(no lesion BodyStructures and no per-lesion Observations:
+        the lesions exist only in the report texts). Drawn from its own random stream, so the clinical
+        courses and every other resource are the same as with 0 (a narrative-only twin).
+    narrative_ja_share: per narrative-only patient, P(the reports are written in Japanese).
     """
 
     non_cohort_share: float = 0.05
@@ -89,6 +93,8 @@ class SynthParams:
     os_median_months: float = 48.0
     rfs_median_months_all_dlm_removed: float = field(default_factory=lambda: _rfs_median("all_dlm_removed"))
     rfs_median_months_dlm_left_behind: float = field(default_factory=lambda: _rfs_median("dlm_left_behind"))
+    narrative_only_share: float = 0.0
+    narrative_ja_share: float = 0.5
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date
 
-from . import narrative
+from . import narrative, narrative_ja
 from .codes import coding, concept
 from .params import SynthParams
 from .people import MRN_SYSTEM
@@ -49,9 +49,9 @@ def render(course: Course, seed: int, params: SynthParams) -> Rendered:
     return _Renderer(course, seed, params).run()
 
 
-def _text_attachment(text: str, title: str) -> dict:
-    return {"contentType": "text/plain", "language": "en", "data": base64.b64encode(text.encode("utf-8")).decode(),
-            "title": title}
+def _text_attachment(text: str, title: str, language: str = "en") -> dict:
+    return {"contentType": "text/plain", "language": language,
+            "data": base64.b64encode(text.encode("utf-8")).decode(), "title": title}
 
 
 class _Renderer:
@@ -64,6 +64,11 @@ class _Renderer:
         self.out = Rendered(patient_id=self._id("Patient"))
         self.subject = {"reference": f"Patient/{self.out.patient_id}"}
         self.focus: dict[int, dict] = {}  # lesion number -> BodyStructure reference
+        # Narrative-only patients (their lesions exist only in the report texts) come from a stream of
+        # their own, so that the share changes nothing else (the structured twin stays the same).
+        self.text_rng = random.Random(f"dlm-synth:{self.key}:narrative")
+        self.narrative_only = course.cohort and self.text_rng.random() < params.narrative_only_share
+        self.language = "ja" if self.narrative_only and self.text_rng.random() < params.narrative_ja_share else "en"
 
     # -- plumbing -------------------------------------------------------------------------------
     def _id(self, resource_type: str) -> str:
@@ -77,7 +82,9 @@ class _Renderer:
         return {"reference": f"{resource_type}/{resource['id']}"}
 
     def _observation(self, code: dict, when: date, value: dict, *, category: str, lesion: Lesion | None = None,
-                     part_of: dict | None = None) -> dict:
+                     part_of: dict | None = None) -> dict | None:
+        if lesion is not None and self.narrative_only:
+            return None  # per-lesion facts are only in the texts
         body: dict = {"status": "final"}
         if part_of:
             body["partOf"] = [part_of]
@@ -173,6 +180,8 @@ class _Renderer:
         return min(60, 5 + round(2 * (when - lesion.regrowth).days / DAYS_PER_MONTH))
 
     def _body_structure(self, lesion: Lesion) -> None:
+        if self.narrative_only:
+            return
         identifier = "TUM-" + uuid.uuid5(_NAMESPACE, f"{self.key}:lesion:{lesion.number}").hex[:16].upper()
         label = narrative.segment_label(lesion.segment)
         ref = self._add("BodyStructure", {
@@ -204,6 +213,10 @@ class _Renderer:
             results.append(self._observation(concept("mri_hepatobiliary_phase"), study.date,
                                              {"valueBoolean": study.hepatobiliary}, category="imaging"))
         conclusion, text = narrative.imaging(study, sizes, new_lesion)
+        if self.language == "ja":
+            text = narrative_ja.imaging(study, sizes, new_lesion, self.text_rng.randrange(6))
+            conclusion = text.rsplit("診断: ", 1)[1].strip()
+        results = [r for r in results if r is not None]
         body: dict = {
             "status": "final",
             "category": [{"text": "Radiology"}],
@@ -214,7 +227,8 @@ class _Renderer:
         if results:
             body["result"] = results
         body["conclusion"] = conclusion
-        body["presentedForm"] = [_text_attachment(text, f"{study.modality.upper()} report {study.date.isoformat()}")]
+        body["presentedForm"] = [_text_attachment(text, f"{study.modality.upper()} report {study.date.isoformat()}",
+                                                  self.language)]
         self._add("DiagnosticReport", body)
 
     def _chemotherapy(self, reason: dict) -> None:
@@ -267,13 +281,16 @@ class _Renderer:
                               category="procedure", lesion=lesion, part_of=hepatectomy)
         text = narrative.operative_note(stage.date, hepatectomy_code["coding"][0]["display"], number,
                                         len(c.stages), stage.ce_ious, lesions)
+        if self.language == "ja":
+            text = narrative_ja.operative_note(stage.date, hepatectomy_code["coding"][0]["display"], number,
+                                               len(c.stages), stage.ce_ious, lesions, self.text_rng.randrange(6))
         self._add("DocumentReference", {
             "status": "current",
             "docStatus": "final",
             "type": concept("operative_note"),
             "subject": self.subject,
             "date": f"{when}T{self.rng.randint(12, 19):02d}:{self.rng.randint(0, 59):02d}:00Z",
-            "content": [{"attachment": _text_attachment(text, f"Operative note {when}")}],
+            "content": [{"attachment": _text_attachment(text, f"Operative note {when}", self.language)}],
             "context": {"related": [hepatectomy]},
         })
         if stage.pathology_date:
@@ -285,7 +302,11 @@ class _Renderer:
                               category="laboratory", lesion=lesion)
             for lesion in resected if lesion.pathology_viable is not None
         ]
+        results = [r for r in results if r is not None]
         conclusion, text = narrative.pathology(when, surgery, resected)
+        if self.language == "ja":
+            text = narrative_ja.pathology(when, surgery, resected, self.text_rng.randrange(6))
+            conclusion = "上記の通り。"
         body: dict = {
             "status": "final",
             "category": [{"text": "Pathology"}],
@@ -296,5 +317,5 @@ class _Renderer:
         if results:
             body["result"] = results
         body["conclusion"] = conclusion
-        body["presentedForm"] = [_text_attachment(text, f"Pathology report {when.isoformat()}")]
+        body["presentedForm"] = [_text_attachment(text, f"Pathology report {when.isoformat()}", self.language)]
         self._add("DiagnosticReport", body)

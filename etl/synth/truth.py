@@ -32,11 +32,14 @@ def lesion_rows(course: Course, rendered: Rendered, params: SynthParams) -> list
     window_days = params.outcome_window_months * DAYS_PER_MONTH
     rows = []
     for lesion in course.lesions:
-        body_structure, identifier = rendered.lesion_ids[lesion.number]
+        # A narrative-only patient's lesions have no BodyStructure: they are known by segment and number.
+        body_structure, identifier = rendered.lesion_ids.get(lesion.number, (None, None))
         rows.append({
             "patient": rendered.patient_id,
             "lesion": identifier,
             "body_structure": body_structure,
+            "segment": lesion.segment,
+            "number": lesion.number,
             "group": lesion.group,
             "outcome": outcome(lesion, course, window_days),
             "residual_cells": lesion.residual,

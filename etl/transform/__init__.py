@@ -5,11 +5,12 @@ exists. Each module maps one OMOP table family and states its rules in its docst
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import sqlalchemy as sa
 
-from etl.lesions import facts, identity
+from etl.lesions import facts, identity, text as text_facts
 from etl.progress import Progress
 from etl.transform import condition_occurrence, drug_exposure, episode, note, observation_period, person, procedure_occurrence
 from etl.transform.domain import Fact, route
@@ -68,9 +69,9 @@ SUPPORTED_TYPES = frozenset(LOAD_ORDER)
 
 
 def map_staging(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap,
-                show_progress: bool | None = None) -> MapContext:
+                show_progress: bool | None = None, run_date: dt.date | None = None) -> MapContext:
     """Map every staged resource, in load order; returns the rows per table and the new lineage."""
-    ctx = MapContext(codes, IdAssigner(conn, tables["dlm_lineage"]))
+    ctx = MapContext(codes, IdAssigner(conn, tables["dlm_lineage"]), run_date=run_date or dt.date.today())
     staging = tables["fhir_resource"]
     progress = Progress("mapped resources", show_progress)
     for resource_type in LOAD_ORDER:
@@ -83,6 +84,7 @@ def map_staging(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap
     ctx.ids.version = None  # rows derived after the pass (periods, episodes) carry no FHIR version
     progress.done()
     facts.finalize(ctx)
+    text_facts.finalize(ctx)  # after the structured facts: text is used only where they are missing
     observation_period.build(ctx)
     episode.build(ctx)
     return ctx

@@ -76,6 +76,8 @@ class MapContext:
     sizes: dict[tuple[int, str], float | None] = field(default_factory=dict)  # (lesion_id, report) -> mm
     warnings: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     event_keys: dict[int, str] = field(default_factory=dict)       # dlm event id -> FHIR source key
+    run_date: dt.date = field(default_factory=dt.date.today)       # NOTE_NLP.nlp_date
+    text_notes: list = field(default_factory=list)                 # etl.lesions.text.TextNote per read note
 
     def person_id(self, resource: dict) -> int | None:
         for key in ("subject", "patient"):

@@ -2,7 +2,7 @@
 
 | rule | destination | source | logic |
 |---|---|---|---|
-| N1 | note_text | presentedForm / content.attachment (text/plain, inline data) else conclusion | base64-decoded UTF-8 |
+| N1 | note_text | presentedForm / content.attachment (inline data) else conclusion | base64-decoded: text/plain as UTF-8, text/html without tags, application/pdf its text layer; `url` attachments are not fetched |
 | N2 | note_date | effectiveDateTime / issued; DocumentReference.date | |
 | N3 | note_type_concept_id | report kind | radiology report 32841, pathology report 32835, else EHR note 32831 |
 | N4 | note_class_concept_id, encoding_concept_id | none | 0: LOINC document classes and UTF-8 not verified in a public source |
@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
+from html.parser import HTMLParser
 
+from etl.transform import note_nlp
 from etl.transform.context import MapContext
 from etl.transform.fhirdata import effective_dates, to_date, to_datetime
 
@@ -22,26 +25,83 @@ NOTE_TYPE = {"imaging_ct": "type_radiology_report", "imaging_mri": "type_radiolo
 
 
 def attachment_text(attachment: dict) -> str | None:
-    """Text of an inline text/* attachment, or None (binary URLs and PDFs come with the NLP issue)."""
+    """Text of an inline attachment (rule N1): text/plain, text/html (tags dropped) or a PDF's text layer;
+    None for anything else, undecodable data or a PDF without text. (`url` attachments are not fetched.)"""
     content_type = (attachment.get("contentType") or "text/plain").split(";")[0].strip().lower()
-    if not content_type.startswith("text/") or not attachment.get("data"):
+    if not attachment.get("data"):
         return None
     try:
-        return base64.b64decode(attachment["data"], validate=True).decode("utf-8")
+        data = base64.b64decode(attachment["data"], validate=True)
+        if content_type == "application/pdf":
+            return _pdf_text(data)
+        if not content_type.startswith("text/"):
+            return None
+        text = data.decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
+    return _html_text(text) if content_type in ("text/html", "application/xhtml+xml") else text
 
 
-def _note(ctx: MapContext, key: str, person_id: int, when, when_text, title: str, text: str, type_meaning: str,
+class _TextOfHtml(HTMLParser):
+    """Visible text of an HTML report; block elements become line breaks (sentences stay apart)."""
+
+    BLOCKS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "section"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.hidden += tag in ("script", "style")
+        if tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style") and self.hidden:
+            self.hidden -= 1
+        if tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if not self.hidden:
+            self.parts.append(data)
+
+
+def _html_text(text: str) -> str | None:
+    parser = _TextOfHtml()
+    parser.feed(text)
+    parser.close()
+    lines = [" ".join(line.split()) for line in "".join(parser.parts).splitlines()]
+    return "\n".join(line for line in lines if line) or None
+
+
+def _pdf_text(data: bytes) -> str | None:
+    """The text layer of a PDF (a scanned PDF without one gives None)."""
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        text = "\n".join(page.extract_text() or "" for page in reader.pages).strip()
+    except (PdfReadError, ValueError, KeyError, TypeError):
+        return None
+    return text or None
+
+
+def _note(ctx: MapContext, key: str, person_id: int, when, when_text, title: str, text: str, meaning: str | None,
           language: str | None, source: str) -> None:
     english = (language or "en").lower().startswith("en")
+    type_meaning = NOTE_TYPE.get(meaning or "", "type_ehr_note")
+    note_id = ctx.ids.id("note", key)
     ctx.add("note", {
-        "note_id": ctx.ids.id("note", key), "person_id": person_id, "note_date": when,
+        "note_id": note_id, "person_id": person_id, "note_date": when,
         "note_datetime": to_datetime(when_text), "note_type_concept_id": ctx.codes.convention(type_meaning),
         "note_class_concept_id": 0, "note_title": title[:250], "note_text": text, "encoding_concept_id": 0,
         "language_concept_id": ctx.codes.convention("language_english") if english else 0,
         "note_source_value": source[:50],
     })
+    note_nlp.from_note(ctx, key, note_id, person_id, when, text, meaning, language)
 
 
 def from_diagnostic_report(report: dict, ctx: MapContext) -> None:
@@ -59,8 +119,7 @@ def from_diagnostic_report(report: dict, ctx: MapContext) -> None:
     code = (report.get("code") or {})
     source = ((code.get("coding") or [{}])[0].get("code")) or code.get("text") or ""
     _note(ctx, "DiagnosticReport/" + report["id"], person_id, when, report.get("effectiveDateTime"),
-          code.get("text") or "report", text, NOTE_TYPE.get(info.meaning if info else None, "type_ehr_note"),
-          language, source)
+          code.get("text") or "report", text, info.meaning if info else None, language, source)
 
 
 def from_document_reference(document: dict, ctx: MapContext) -> None:
@@ -78,4 +137,4 @@ def from_document_reference(document: dict, ctx: MapContext) -> None:
     language = next((a.get("language") for a in attachments if a.get("language")), document.get("language"))
     _note(ctx, "DocumentReference/" + document["id"], person_id, when, document.get("date"),
           (document.get("type") or {}).get("text") or (mapping.display if mapping else "document"),
-          "\n\n".join(texts), NOTE_TYPE.get(mapping.meaning if mapping else None, "type_ehr_note"), language, source)
+          "\n\n".join(texts), mapping.meaning if mapping else None, language, source)
