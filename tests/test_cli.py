@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from etl.cli import main
+from tests.test_quality_dlm_rules import plant_duplicate_lesion
 
 
 def test_main_job_on_the_embedded_default(tmp_path):
@@ -43,9 +44,7 @@ def test_unreachable_registry_is_a_one_line_error(cohort_factory, tmp_path, caps
 def test_corrupted_cohort_is_not_published(cohort_factory, tmp_path, capsys):
     source = tmp_path / "corrupt"
     shutil.copytree(cohort_factory(20, 4), source)
-    lines = (source / "BodyStructure.ndjson").read_text().splitlines()
-    twin = json.loads(lines[0]) | {"id": "duplicated-lesion"}
-    (source / "BodyStructure.ndjson").write_text("\n".join(lines + [json.dumps(twin)]) + "\n")
+    plant_duplicate_lesion(source)
     out = tmp_path / "out"
     assert main(["run", "--source", str(source), "--out", str(out), "--no-progress"]) == 1
     assert "DLM4:lesion_identity_unique" in capsys.readouterr().err

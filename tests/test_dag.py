@@ -188,11 +188,11 @@ def test_failed_audit_reaches_the_teardown(dag_bag, tmp_path, cohort_factory):
     task) into results.json and the dashboard."""
     from airflow.utils.state import TaskInstanceState
 
+    from tests.test_quality_dlm_rules import plant_duplicate_lesion
+
     source = tmp_path / "corrupt"
     shutil.copytree(cohort_factory(20, 4), source)
-    lines = (source / "BodyStructure.ndjson").read_text().splitlines()
-    twin = json.loads(lines[0]) | {"id": "duplicated-lesion"}
-    (source / "BodyStructure.ndjson").write_text("\n".join(lines + [json.dumps(twin)]) + "\n")
+    plant_duplicate_lesion(source)
     out_dir = tmp_path / "out"
     dag_run = dag_bag.get_dag(DAG_ID).test(run_conf={"source": str(source), "out_dir": str(out_dir),
                                                      "registry_url": f"sqlite:///{tmp_path / 'r.sqlite'}"})
