@@ -20,6 +20,6 @@ def _ruff() -> list[str]:
 
 def test_code_passes_ruff_with_airflow_rules():
     completed = subprocess.run(_ruff() + ["check", "--select", "E,F,W,AIR", "--ignore", "E501,E741",
-                                          "dags", "etl", "registry_schema", "quality_checks", "mappings", "tests",
+                                          "dags", "etl", "registry_schema", "quality_checks", "mappings", "tests", "scripts",
                                           "bench"], cwd=REPO, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stdout[-3000:]
