@@ -59,7 +59,55 @@ def _parser() -> argparse.ArgumentParser:
     nlp.add_argument("file", metavar="FILE", help="report text file (UTF-8), or - for standard input")
     nlp.add_argument("--kind", choices=["imaging", "operative", "pathology", "followup"], default="imaging")
     nlp.add_argument("--lang", choices=["en", "ja", "auto"], default="auto")
+
+    export = commands.add_parser("export-aggregates",
+                                 help="write this site's aggregates (counts only, small cells suppressed) as JSON")
+    export.add_argument("--registry", help="SQLAlchemy URL (default: sqlite file out/dlm_registry.sqlite)")
+    export.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    export.add_argument("--min-cell", type=int, default=5, metavar="N",
+                        help="counts 1..N-1 are suppressed (default 5; 1 disables suppression)")
+    export.add_argument("--site-id", help="site label written into the file")
+    pool = commands.add_parser("pool", help="pool several sites' aggregate files (meta-analysis, pooled KM)")
+    pool.add_argument("files", metavar="FILE", nargs="+", type=Path, help="site aggregate JSON files")
+    pool.add_argument("--out", type=Path, required=True, help="directory for pooled.json and pooled.md")
     return parser
+
+
+def _export_aggregates(args) -> int:
+    from etl.analysis.aggregates import site_aggregates
+    from etl.pipeline import read_cohort_frames
+    from etl.registry import open_registry
+
+    url = args.registry or f"sqlite:///{(Path('out') / 'dlm_registry.sqlite').resolve()}"
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        raise FileNotFoundError(f"registry not found: {url[len('sqlite:///'):]}")
+    registry = open_registry(url)
+    try:
+        lesions, patients = read_cohort_frames(registry)
+    finally:
+        registry.engine.dispose()
+    data = site_aggregates(lesions, patients, site_id=args.site_id, min_cell=args.min_cell)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    print(f"wrote {args.out} (min cell {data['min_cell']})")
+    return 0
+
+
+def _pool(args) -> int:
+    from etl.analysis.pooling import pool_sites, pooled_markdown
+
+    sites = []
+    for path in args.files:
+        try:
+            sites.append(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not JSON ({exc.msg})") from None
+    pooled = pool_sites(sites)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pooled.json").write_text(json.dumps(pooled, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    (args.out / "pooled.md").write_text(pooled_markdown(pooled), encoding="utf-8")
+    print(f"pooled {len(sites)} site files: wrote {args.out / 'pooled.json'}, {args.out / 'pooled.md'}")
+    return 0
 
 
 def _nlp(args) -> int:
@@ -134,7 +182,8 @@ def _data_dictionary(args) -> int:
     return 0
 
 
-COMMANDS = {"synth": _synth, "run": _run, "data-dictionary": _data_dictionary, "sites": _sites, "nlp": _nlp}
+COMMANDS = {"synth": _synth, "run": _run, "data-dictionary": _data_dictionary, "sites": _sites, "nlp": _nlp,
+            "export-aggregates": _export_aggregates, "pool": _pool}
 
 
 def main(argv: list[str] | None = None) -> int:
