@@ -15,7 +15,7 @@ Three DAGs for every site in the sites file (`DLMREG_SITES_FILE`, default `confi
      nothing);
   5. `publish`, which records the run and updates the registry's Asset.
 
-  The `finish` teardown records a failure with its one-line reason.
+  The `record_failure` teardown records a failed run in `dlm_run` with the failing task's one-line reason.
 * `dlm_registry_full_refresh_<site>`: manual; the same steps over everything the server holds, staged
   as a snapshot (what the server no longer returns is removed).
 * `dlm_registry_analysis_<site>`: runs when the site's registry Asset is updated. It writes
@@ -27,6 +27,7 @@ pass through XCom.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
 
 from airflow.sdk import Asset, Connection, CronDataIntervalTimetable, dag, get_current_context, task
@@ -41,6 +42,17 @@ def _fields(conn_id: str) -> dict:
     conn = Connection.get(conn_id)
     return {"conn_id": conn_id, "host": conn.host, "login": conn.login, "password": conn.password,
             "extra": conn.extra_dejson}
+
+
+@contextmanager
+def _reason_kept():
+    """Keep a failing task's one-line reason (XCom `failure`) for the teardown to record in dlm_run."""
+    try:
+        yield
+    except Exception as exc:
+        reason = f"{get_current_context()['ti'].task_id}: {exc}".splitlines()[0][:500]
+        get_current_context()["ti"].xcom_push(key="failure", value=reason)
+        raise
 
 
 def _registry(site: Site) -> str:
@@ -73,16 +85,24 @@ def etl_dag(site: Site, full: bool):
 
     @task(pool=site.pool, execution_timeout=timedelta(hours=2), **NETWORK_RETRIES)
     def extract(settings: dict, resource_type: str) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from etl.connections import ConnectionConfigError
         from etl.scheduled import extract as extract_one
 
-        return extract_one(settings, resource_type, _fields(site.fhir_conn_id))
+        with _reason_kept():
+            try:
+                return extract_one(settings, resource_type, _fields(site.fhir_conn_id))
+            except ConnectionConfigError as exc:  # a misconfigured connection: retrying will not help
+                raise AirflowFailException(str(exc)) from exc
 
     @task(execution_timeout=timedelta(hours=2), **NETWORK_RETRIES)
     def stage(settings: dict, extracts: list[dict]) -> dict:
         from etl.scheduled import stage as stage_all
 
         # By index: iterating the lazy sequence asks for one XCom past its end (logged as an error).
-        return stage_all(settings, [extracts[i] for i in range(len(extracts))], _registry(site))
+        with _reason_kept():
+            return stage_all(settings, [extracts[i] for i in range(len(extracts))], _registry(site))
 
     @task(retries=0, execution_timeout=timedelta(hours=2))
     def load_and_audit(settings: dict, staged: dict) -> dict:
@@ -91,10 +111,11 @@ def etl_dag(site: Site, full: bool):
         from etl.pipeline import RunFailed
         from etl.scheduled import load_and_audit as audit
 
-        try:
-            return audit(settings, _registry(site))
-        except RunFailed as exc:  # the one-line reason; no retry (the data, not the machine, is wrong)
-            raise AirflowFailException(str(exc)) from exc
+        with _reason_kept():
+            try:
+                return audit(settings, _registry(site))
+            except RunFailed as exc:  # the one-line reason; no retry (the data, not the machine, is wrong)
+                raise AirflowFailException(str(exc)) from exc
 
     @task(outlets=[registry_asset(site)], execution_timeout=timedelta(minutes=10))
     def publish(settings: dict, staged: dict, audited: dict) -> str:
@@ -110,8 +131,10 @@ def etl_dag(site: Site, full: bool):
         if ti.xcom_pull(task_ids="publish") is not None:
             return None
         staged = ti.xcom_pull(task_ids="stage")
+        reasons = ti.xcom_pull(task_ids=["extract", "stage", "load_and_audit"], key="failure") or []
+        reasons = [r for r in (reasons if isinstance(reasons, list) else [reasons]) if r]
         return finish(settings, _registry(site), staged, published=False,
-                      message="failed before publication: see the failed task's log for the reason")
+                      message="; ".join(dict.fromkeys(reasons)) or "failed before publication (see the task logs)")
 
     kind = "full_refresh" if full else "incremental"
 

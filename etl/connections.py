@@ -16,12 +16,17 @@ from etl.extract.auth import auth_from_env
 from etl.extract.errors import ExtractError
 
 
+class ConnectionConfigError(ExtractError):
+    """A connection that cannot work as configured: retrying will not help."""
+
+
 def fhir_endpoint(conn_id: str, host: str | None, login: str | None, password: str | None,
                   extra: dict) -> tuple[str, object, bool | str]:
     """(base URL, auth, TLS verify) of a FHIR connection."""
     base = (extra.get("base_url") or host or "").strip()
     if not base.startswith(("https://", "http://")):
-        raise ExtractError(f"connection {conn_id}: put the FHIR base URL (https://...) in host or extra base_url")
+        raise ConnectionConfigError(f"connection {conn_id}: put the FHIR base URL (https://...) in host or extra "
+                                    "base_url")
     mode = str(extra.get("auth") or "none")
     env = {"DLMREG_FHIR_AUTH": mode, "DLMREG_FHIR_USERNAME": login or "", "DLMREG_FHIR_PASSWORD": password or "",
            "DLMREG_FHIR_TOKEN": password or "", "DLMREG_SMART_CLIENT_ID": login or "",
@@ -33,7 +38,7 @@ def fhir_endpoint(conn_id: str, host: str | None, login: str | None, password: s
     try:
         auth = auth_from_env(env)
     except ExtractError as exc:  # name the connection, not the environment variables
-        raise ExtractError(f"connection {conn_id} (auth {mode}): {exc}".replace("DLMREG_", "")) from None
+        raise ConnectionConfigError(f"connection {conn_id} (auth {mode}): {exc}".replace("DLMREG_", "")) from None
     return base, auth, str(extra["ca_bundle"]) if extra.get("ca_bundle") else True
 
 

@@ -15,6 +15,7 @@ ID_TABLE = {
     "observation_period_id": "observation_period", "episode_id": "episode", "lesion_id": "dlm_lesion",
     "assessment_id": "dlm_lesion_assessment", "handling_id": "dlm_lesion_handling",
     "measurement_event_id": "procedure_occurrence", "observation_event_id": "procedure_occurrence",
+    "note_nlp_id": "note_nlp", "comparison_id": "dlm_text_comparison",
 }
 FIELD_TABLE = {1147127: "condition_occurrence", 1147094: "drug_exposure", 1147082: "procedure_occurrence",
                1147138: "measurement"}

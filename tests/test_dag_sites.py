@@ -174,3 +174,17 @@ def test_incremental_runs_read_their_intervals_then_analysis_writes_results(bag,
     results = json.loads((sites["root"] / "out_a" / "results.json").read_text())
     assert results["run"]["status"] == "published" and results["npv"]["ct_and_mri_disappeared"]["true_negative"] >= 0
     assert (sites["root"] / "out_a" / "dashboard.html").exists() and (sites["root"] / "out_a" / "report.html").exists()
+
+
+def test_a_failed_run_records_the_one_line_reason(bag, sites, monkeypatch):
+    from airflow.utils.state import DagRunState
+
+    monkeypatch.setenv("AIRFLOW_CONN_FHIR_SITE_B", json.dumps({"conn_type": "http", "host": "fhir.example.org"}))
+    run = bag.get_dag("dlm_registry_incremental_site_b").test(logical_date=DAY[3])
+    assert run.state == DagRunState.FAILED
+    engine = sa.create_engine(sites["registry_b"])
+    with engine.connect() as conn:
+        status, message = conn.execute(sa.text("SELECT status, message FROM dlm_run ORDER BY started_at DESC")).first()
+    engine.dispose()
+    assert status == "failed"
+    assert message.startswith("extract: connection fhir_site_b: put the FHIR base URL")
