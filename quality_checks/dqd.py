@@ -123,14 +123,19 @@ def _table_frame(tables: dict[str, sa.Table], name: str, rows: list[dict]) -> Fr
         field = row["cdmFieldName"].lower()
         column = t.c[field]
         fk_table = row["fkTableName"].strip().lower()
+        concept = None
         if _yes(row, "isForeignKey") and fk_table in tables:
             parent = tables[fk_table].alias(f"fk_{field}")
             key = parent.c[row["fkFieldName"].lower()]
             source = source.outerjoin(parent, key == column)
             columns.append(sa.case((column.is_(None), None), (key.is_(None), 0), else_=1).label(f"_fk__{field}"))
-        if fk_table == "concept" or any(_yes(row, k) for k in ("fkDomain", "fkClass", "isStandardValidConcept")):
+            if fk_table == "concept":
+                concept = parent  # the concept checks read the same join
+        if concept is None and (fk_table == "concept"
+                                or any(_yes(row, k) for k in ("fkDomain", "fkClass", "isStandardValidConcept"))):
             concept = tables["concept"].alias(f"concept_{field}")
             source = source.outerjoin(concept, concept.c.concept_id == column)
+        if concept is not None:
             real = sa.and_(concept.c.concept_id.is_not(None), concept.c.concept_id != 0)
             standard = sa.case((sa.and_(concept.c.standard_concept == "S", concept.c.invalid_reason.is_(None)), 1),
                                else_=0)
