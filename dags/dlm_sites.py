@@ -56,12 +56,11 @@ def _reason_kept():
 
 
 def _registry(site: Site) -> str:
-    from etl.scheduled import registry_from
+    from etl.connections import registry_url
 
     conn = Connection.get(site.registry_conn_id)
-    return registry_from({"conn_id": site.registry_conn_id, "conn_type": conn.conn_type, "host": conn.host,
-                          "login": conn.login, "password": conn.password, "port": conn.port,
-                          "schema": conn.schema, "extra": conn.extra_dejson})
+    return registry_url(site.registry_conn_id, conn.conn_type, conn.host, conn.login, conn.password, conn.port,
+                        conn.schema, conn.extra_dejson)
 
 
 def _site_dict(site: Site) -> dict:

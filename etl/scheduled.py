@@ -13,11 +13,12 @@ import uuid
 from pathlib import Path
 
 from etl import pipeline
-from etl.connections import fhir_endpoint, registry_url
+from etl.connections import fhir_endpoint
 from etl.dashboard import write_dashboard
 from etl.extract.window import WindowSource, extract_type
 from etl.registry import open_registry
 from etl.stage import Pseudonymizer, stage_source
+from etl.tasks import load_audit_task
 from etl.transform import SUPPORTED_TYPES
 from etl.vocabulary import load_code_map
 
@@ -54,10 +55,6 @@ def extract(plan: dict, resource_type: str, fhir: dict) -> dict:
                         verify=verify, page_size=plan["page_size"], overlap_seconds=plan["overlap_seconds"])
 
 
-def registry_from(connection: dict) -> str:
-    return registry_url(**connection)
-
-
 def stage(plan: dict, extracts: list[dict], registry: str, mapping_dirs: list[str] = ()) -> dict:
     """Stage the run's extracts together (one transaction, with the new watermarks); returns the accounting."""
     opened = open_registry(registry)
@@ -73,14 +70,8 @@ def stage(plan: dict, extracts: list[dict], registry: str, mapping_dirs: list[st
 
 def load_and_audit(plan: dict, registry: str, mapping_dirs: list[str] = ()) -> dict:
     """Write-audit-publish; raises pipeline.RunFailed naming the failed critical checks."""
-    mapped = pipeline.load_and_audit(open_registry(registry), load_code_map(map(Path, mapping_dirs)), plan["run_id"],
-                                     plan["label"], plan["followup_window_months"],
-                                     dt.date.fromisoformat(plan["today"]), show_progress=False,
-                                     data_docs_dir=Path(plan["out_dir"]) / pipeline.DATA_DOCS)
-    audit = {"quality": mapped["quality"], "lesion_flow": mapped["lesion_flow"]}
-    if not mapped["quality"]["publishable"]:
-        raise pipeline.critical_failure(mapped["quality"], audit)
-    return {"rows": sum(mapped["rows"].values()), "unmapped_codes": len(mapped["unmapped_codes"]), **audit}
+    return load_audit_task(plan["run_id"], plan["label"], registry, plan["today"], plan["followup_window_months"],
+                           mapping_dirs, out_dir=plan["out_dir"])
 
 
 def finish(plan: dict, registry: str, staged: dict | None, published: bool, message: str | None = None) -> str:
