@@ -29,12 +29,20 @@ _CONTRAST = re.compile(r"contrast|CE-IOUS|Sonazoid|ソナゾイド|造影", re.I
 
 @dataclass
 class TextNote:
+    """What linking needs of one note: its mentions with the lesion number written before each, and
+    whether it names contrast-enhanced IOUS (read once, so the note's text need not be kept)."""
     person_id: int
     key: str
     date: dt.date
     meaning: str | None
-    text: str
     mentions: list
+    numbers: list[int | None]
+    contrast: bool
+
+    @classmethod
+    def read(cls, person_id: int, key: str, date: dt.date, meaning: str | None, text: str, mentions: list) -> TextNote:
+        return cls(person_id, key, date, meaning, mentions, [lesion_number(text, m.offset) for m in mentions],
+                   bool(_CONTRAST.search(text)))
 
 
 def finalize(ctx: MapContext) -> None:
@@ -66,18 +74,17 @@ def lesion_number(text: str, offset: int) -> int | None:
 
 def _lesions_from_text(ctx: MapContext, person_id: int, notes: list[TextNote], numbers: dict) -> list[dict]:
     for note in notes:
-        visible = [m for m in note.mentions if m.finding == "visible" and m.segment]
+        visible = [(m, n) for m, n in zip(note.mentions, note.numbers) if m.finding == "visible" and m.segment]
         if MODALITY_OF_MEANING.get(note.meaning or "") in ("ct", "mri") and visible:
             seen: dict[str, int] = defaultdict(int)
             rows = []
-            for mention in visible:
+            for mention, number in visible:
                 seen[mention.segment] += 1
                 label = f"{mention.segment}#{seen[mention.segment]}"
                 rows.append(ctx.add("dlm_lesion", {
                     "lesion_id": ctx.ids.id("dlm_lesion", f"{note.key}#lesion{label}"), "person_id": person_id,
                     "lesion_source_value": f"{TEXT_LESION}{note.key.split('/')[0]}:S{label}"[:64],
                     "liver_segment": mention.segment}))
-                number = lesion_number(note.text, mention.offset)
                 if number is not None:
                     numbers[rows[-1]["lesion_id"]] = number
             return rows
@@ -96,7 +103,7 @@ def _facts(ctx: MapContext, note: TextNote, lesions: list[dict], numbers: dict, 
             continue
         done = linked[family]
         candidates = by_segment.get(mention.segment, [])
-        number = lesion_number(note.text, mention.offset)
+        number = note.numbers[index]
         lesion = next((c for c in candidates if number is not None and numbers.get(c["lesion_id"]) == number), None)
         if lesion is None:
             if len(candidates) > 1 and not all(c["lesion_source_value"].startswith(TEXT_LESION) for c in candidates):
@@ -130,7 +137,7 @@ def _record(ctx: MapContext, note: TextNote, index: int, mention, family: str, l
             "procedure_occurrence_id": None, "source_key": key})
         return
     if family == "ious":
-        modality = "ce_ious" if _CONTRAST.search(note.text) else "ious"
+        modality = "ce_ious" if note.contrast else "ious"
     else:
         modality = MODALITY_OF_MEANING.get(note.meaning or "")
         if modality is None or (family == "pathology") != (modality == "pathology"):

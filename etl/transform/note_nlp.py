@@ -29,7 +29,7 @@ def from_note(ctx: MapContext, note_key: str, note_id: int, person_id: int, when
         return
     lang = "ja" if (language or "").lower().startswith("ja") else "en" if language else "auto"
     mentions = extract(text, kind, lang)
-    ctx.text_notes.append(TextNote(person_id, note_key, when, meaning, text, mentions))
+    ctx.text_notes.append(TextNote.read(person_id, note_key, when, meaning, text, mentions))
     for index, mention in enumerate(mentions):
         modifiers = [f"finding={mention.finding}", f"segment={mention.segment or ''}"]
         if mention.size_mm is not None:
