@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from lifelines import CoxPHFitter, KaplanMeierFitter
-from lifelines.statistics import logrank_test
+from lifelines.statistics import logrank_test, proportional_hazard_test
 from lifelines.utils import median_survival_times
 from scipy import stats
 
@@ -79,7 +79,12 @@ def test_survival_by_strategy_shape_and_arms():
     assert rfs[LEFT]["at_risk"] == [5, 3]
     assert (rfs[LEFT]["events"], rfs[LEFT]["total"]) == (4, 5)
     assert "hr" in rfs[REMOVED] and "hr" not in rfs[LEFT]
+    assert "ph_test" in rfs[REMOVED] and "ph_test" not in rfs[LEFT]
     assert type(rfs[REMOVED]["hr"]) is float and type(rfs[REMOVED]["logrank_p"]) is float
+    assert type(rfs[REMOVED]["log_hr"]) is float and type(rfs[REMOVED]["log_hr_se"]) is float
+    ph = rfs[REMOVED]["ph_test"]
+    assert set(ph) == {"method", "statistic", "p_value", "violated"}
+    assert type(ph["statistic"]) is float and type(ph["violated"]) is bool
     json.dumps(result, allow_nan=False)
 
 
@@ -142,6 +147,8 @@ def test_empty_arm_gives_none_not_exception():
         assert left["median"] is None and left["median_ci95"] is None
         assert left["at_risk"] == [0] * 11
         assert removed["hr"] is None and removed["hr_ci95"] is None
+        assert removed["log_hr"] is None and removed["log_hr_se"] is None
+        assert removed["ph_test"] is None
         assert removed["logrank_p"] is None
     json.dumps(result, allow_nan=False)
 
@@ -157,7 +164,8 @@ def test_no_events_gives_none_hr_and_p():
 def test_events_in_one_arm_only_make_hr_not_estimable():
     # all events in the removed arm: the partial likelihood has no finite maximum
     assert not cox_estimable([1, 2, 3, 4], [1, 1, 0, 0], [1, 1, 0, 0])
-    assert hazard_ratio([1, 2, 3, 4], [1, 1, 0, 0], [1, 1, 0, 0]) == {"hr": None, "hr_ci95": None}
+    assert hazard_ratio([1, 2, 3, 4], [1, 1, 0, 0], [1, 1, 0, 0]) == {
+        "hr": None, "hr_ci95": None, "log_hr": None, "log_hr_se": None, "ph_test": None}
     # events in both arms, each with the other arm at risk: estimable
     assert cox_estimable([1, 2, 3, 4], [1, 1, 0, 0], [1, 0, 1, 0])
     # the arm-0 event at 5 happens after every arm-1 patient has left: still not estimable
@@ -170,3 +178,87 @@ def test_missing_times_are_dropped_per_endpoint():
     result = survival_by_strategy(patients)
     assert result["overall_survival"][REMOVED]["total"] == 5
     assert result["relapse_free_survival"][REMOVED]["total"] == 6
+
+
+def _rfs_frame(patients):
+    return pd.DataFrame({
+        "T": patients["rfs_months"], "E": patients["rfs_event"],
+        "removed": (patients["strategy"] == REMOVED).astype(int),
+    })
+
+
+def test_log_hr_and_se_match_lifelines_and_give_the_ci():
+    patients = _patients(REMOVED_ROWS, LEFT_ROWS)
+    rfs = survival_by_strategy(patients)["relapse_free_survival"][REMOVED]
+    cph = CoxPHFitter().fit(_rfs_frame(patients), "T", "E")
+    assert rfs["log_hr"] == pytest.approx(cph.params_["removed"], rel=1e-12)
+    assert rfs["log_hr_se"] == pytest.approx(cph.standard_errors_["removed"], rel=1e-12)
+    z = stats.norm.ppf(0.975)
+    expected = [math.exp(rfs["log_hr"] - z * rfs["log_hr_se"]),
+                math.exp(rfs["log_hr"] + z * rfs["log_hr_se"])]
+    assert rfs["hr_ci95"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_ph_test_matches_lifelines_on_same_data():
+    """Reference: lifelines 0.30.3 on the same RFS data, fitted here independently::
+
+        cph = CoxPHFitter().fit(data, "T", "E")
+        proportional_hazard_test(cph, data, time_transform="rank")
+
+    and the statistic re-derived from lifelines' scaled Schoenfeld residuals r*_k (no tied
+    event times here, so the rank g_k of the k-th event time is 1..d):
+    T = (sum (g_k - mean g) r*_k)^2 / (d var(beta) sum (g_k - mean g)^2), p = chi2_1.sf(T).
+    """
+    patients = _patients(REMOVED_ROWS, LEFT_ROWS)
+    ph = survival_by_strategy(patients)["relapse_free_survival"][REMOVED]["ph_test"]
+    data = _rfs_frame(patients)
+    cph = CoxPHFitter().fit(data, "T", "E")
+    reference = proportional_hazard_test(cph, data, time_transform="rank").summary.loc["removed"]
+    assert ph["statistic"] == pytest.approx(reference["test_statistic"], rel=1e-12)
+    assert ph["p_value"] == pytest.approx(reference["p"], rel=1e-12)
+    assert ph["method"] == "scaled Schoenfeld residuals vs rank(time)"
+    assert ph["violated"] is bool(reference["p"] < 0.05)
+
+    resid = cph.compute_residuals(data, kind="scaled_schoenfeld")["removed"]
+    times = data.loc[resid.index, "T"]
+    g = times.rank().to_numpy()
+    g = g - g.mean()
+    d = int(data["E"].sum())
+    statistic = (g @ resid.to_numpy()) ** 2 / (d * cph.variance_matrix_.loc["removed", "removed"]
+                                               * (g @ g))
+    assert ph["statistic"] == pytest.approx(statistic, rel=1e-9)
+    assert ph["p_value"] == pytest.approx(stats.chi2.sf(statistic, 1), rel=1e-9)
+
+
+def _simulated(time_removed, time_left, seed):
+    """Both arms' times with uniform(0, 36) censoring, as a patients frame (RFS = OS)."""
+    rng = np.random.default_rng(seed)
+    times = np.concatenate([time_removed(rng), time_left(rng)])
+    censor = rng.uniform(0, 36, len(times))
+    observed, event = np.minimum(times, censor), (times <= censor).astype(int)
+    n_removed = len(times) // 2
+    rows = list(zip(observed, event, observed, event))
+    return _patients(rows[:n_removed], rows[n_removed:])
+
+
+def test_ph_test_rejects_crossing_hazards():
+    """Removed arm Weibull(shape 0.5, scale 12): hazard falls; left arm Weibull(shape 2,
+    scale 12): hazard rises; same scale, so the hazards cross. 100 per arm, seed 0.
+    Observed with lifelines 0.30.3: statistic 61.86, p = 3.7e-15.
+    """
+    patients = _simulated(lambda rng: 12 * rng.weibull(0.5, 100),
+                          lambda rng: 12 * rng.weibull(2.0, 100), seed=0)
+    ph = survival_by_strategy(patients)["relapse_free_survival"][REMOVED]["ph_test"]
+    assert ph["p_value"] < 1e-6 and ph["violated"] is True
+
+
+def test_ph_test_does_not_reject_under_proportional_hazards():
+    """Exponential times, hazard 0.05/month (removed) vs 0.1/month (left): constant HR 0.5.
+    300 per arm, seed 0. Observed with lifelines 0.30.3: HR 0.397, statistic 0.016, p = 0.90.
+    """
+    patients = _simulated(lambda rng: rng.exponential(1 / 0.05, 300),
+                          lambda rng: rng.exponential(1 / 0.1, 300), seed=0)
+    rfs = survival_by_strategy(patients)["relapse_free_survival"][REMOVED]
+    assert rfs["hr_ci95"][1] < 1  # a real, constant effect
+    assert rfs["ph_test"]["p_value"] > 0.5 and rfs["ph_test"]["violated"] is False
+    json.dumps(rfs, allow_nan=False)

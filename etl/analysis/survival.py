@@ -2,7 +2,8 @@
 
 Why: DREAM compares patients whose disappeared lesions were all removed with those who had
 some left behind (the reference arm). Each endpoint gets per-arm Kaplan-Meier summaries, a
-Cox hazard ratio and a log-rank p, assembled here into the results.json shape.
+Cox hazard ratio with its proportional-hazards check and a log-rank p, assembled here into
+the results.json shape.
 """
 import numpy as np
 
@@ -88,7 +89,8 @@ def endpoint_summary(data, at_risk_times):
     -------
     dict of arm -> dict
         :func:`etl.analysis.kaplan_meier.km_summary` per arm; the treated arm also holds
-        ``hr``, ``hr_ci95`` (:func:`etl.analysis.cox.hazard_ratio`) and ``logrank_p``.
+        ``hr``, ``hr_ci95``, ``log_hr``, ``log_hr_se``, ``ph_test``
+        (:func:`etl.analysis.cox.hazard_ratio`) and ``logrank_p``.
     """
     summary = {}
     for arm in ARMS:
