@@ -36,6 +36,7 @@ SEVERITY_ORDER = {"critical": 0, "warning": 1}
 FLOW_MAIN = [("lesions_collected", "Lesions collected"),
              ("disappeared_on_ct", "Disappeared on CT"),
              ("disappeared_on_ct_and_mri", "Disappeared on CT and MRI"),
+             ("analysed_ct_and_mri_disappeared", "Analysed (MRI protocol met or not recorded)"),
              ("evaluable_ct_and_mri_disappeared", "Evaluable (true negative or residual)")]
 FLOW_SIDE = [("disappeared_on_ct_visible_on_mri", "Disappeared on CT, visible on MRI", 1),
              ("excluded_imaging_protocol_not_met", "MRI protocol not met (DWI, hepatobiliary phase)", 2)]

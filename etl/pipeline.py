@@ -177,6 +177,7 @@ def lesion_flow(lesions) -> dict:
     dlm = lesions[lesions.dlm_group.isin(["ct_and_mri_disappeared", "ct_disappeared_mri_visible",
                                           "ct_disappeared_mri_missing"])]
     both = dlm[dlm.dlm_group == "ct_and_mri_disappeared"]
+    analysed = both[both.mri_protocol_met != False]  # noqa: E712
 
     def count(frame) -> dict:
         return {"lesions": int(len(frame)), "patients": int(frame.person_id.nunique())}
@@ -187,7 +188,10 @@ def lesion_flow(lesions) -> dict:
         "disappeared_on_ct_and_mri": count(both),
         "disappeared_on_ct_visible_on_mri": count(dlm[dlm.dlm_group == "ct_disappeared_mri_visible"]),
         "excluded_imaging_protocol_not_met": count(both[both.mri_protocol_met == False]),  # noqa: E712
-        "evaluable_ct_and_mri_disappeared": count(both[both.outcome.isin(["true_negative", "residual"])]),
+        # DREAM's analysed lesions: gone on CT and MRI minus those whose MRI missed the protocol (203 - 51 = 152);
+        # lesions whose protocol was not recorded stay in
+        "analysed_ct_and_mri_disappeared": count(analysed),
+        "evaluable_ct_and_mri_disappeared": count(analysed[analysed.outcome.isin(["true_negative", "residual"])]),
     }
 
 

@@ -93,6 +93,10 @@ def dlm_tables(metadata: sa.MetaData, schema: str | None = None) -> dict[str, sa
         _col("baseline_size_mm", sa.Float, comment="largest size on baseline imaging"),
         _col("post_ct_date", sa.Date, comment="the post-chemotherapy CT that decided the group"),
         _col("post_mri_date", sa.Date, comment="the post-chemotherapy MRI that decided the group"),
+        _col("followup_regrowth_date", sa.Date,
+             comment="first follow-up CT/MRI after time zero showing the lesion (lesions not resected)"),
+        _col("last_followup_date", sa.Date,
+             comment="last follow-up CT/MRI after time zero assessing the lesion (lesions not resected)"),
         _col("followup_window_months", sa.Float, False),
         schema=schema, comment="Derived group and outcome of each lesion (rules in docs/fhir_profile.md).",
     )
@@ -107,6 +111,11 @@ def dlm_tables(metadata: sa.MetaData, schema: str | None = None) -> dict[str, sa
         _col("strategy", sa.String(24), comment="all_dlm_removed | dlm_left_behind | null"),
         _col("rfs_months", sa.Float), _col("rfs_event", sa.Integer),
         _col("os_months", sa.Float), _col("os_event", sa.Integer),
+        _col("chemo_regimen", sa.String(32),
+             comment="pre-operative backbone: oxaliplatin_and_irinotecan | oxaliplatin_based | irinotecan_based"
+                     " | fluoropyrimidine_only | other | unknown"),
+        _col("chemo_targeted_agent", sa.String(32),
+             comment="anti_vegf | anti_egfr | anti_vegf_and_anti_egfr | none | unknown"),
         schema=schema, comment="Derived per-patient course and survival times.",
     )
     t["dlm_lineage"] = sa.Table(

@@ -37,8 +37,33 @@ def build_metadata(schemas: SchemaNames) -> tuple[sa.MetaData, dict[str, sa.Tabl
 
 
 def create_registry(engine: sa.Engine, schemas: SchemaNames, metadata: sa.MetaData) -> None:
-    """Create schemas and tables that do not exist yet (safe to call on every run)."""
+    """Create schemas and tables that do not exist yet (safe to call on every run), and add the nullable
+    columns a newer release added to an existing table, so an upgraded site keeps its registry."""
     with engine.begin() as conn:
         for name in sorted({s for s in (schemas.cdm, schemas.dlm, schemas.staging) if s}):
             conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{name}"'))
         metadata.create_all(conn, checkfirst=True)
+        add_missing_columns(conn, metadata)
+
+
+def add_missing_columns(conn: sa.Connection, metadata: sa.MetaData) -> list[str]:
+    """ALTER TABLE ... ADD COLUMN for every nullable column a table lacks; returns `table.column` added.
+
+    A missing NOT NULL column cannot be added to rows that exist; that is an error naming the column.
+    """
+    inspector = sa.inspect(conn)
+    preparer = conn.dialect.identifier_preparer
+    added = []
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"registry table {table.name} lacks NOT NULL column {column.name}; "
+                                   "rebuild the registry")
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(table)} "
+                                 f"ADD COLUMN {preparer.format_column(column)} {kind}"))
+            added.append(f"{table.name}.{column.name}")
+    return added

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 VIEW_DESCRIPTIONS = {
     "dlm_lesion_v": "One row per lesion: patient, segment, baseline size, DLM group, outcome and its basis, "
-                    "handling at surgery, CE-IOUS use, time zero.",
+                    "handling at surgery, CE-IOUS use, time zero, follow-up dates (to re-apply other windows), "
+                    "pre-operative chemotherapy regimen.",
     "dlm_patient_survival_v": "One row per patient who had a hepatectomy: surgical strategy, time zero, "
                               "RFS and OS in months with event flags.",
 }
@@ -24,7 +25,9 @@ def view_definitions(tables: dict[str, sa.Table]) -> dict[str, sa.Select]:
             outcome.c.baseline_size_mm,
             outcome.c.dlm_group, outcome.c.outcome, outcome.c.outcome_basis, outcome.c.outcome_date,
             outcome.c.unevaluable_reason, outcome.c.handling, outcome.c.mri_protocol_met,
-            course.c.ce_ious, course.c.t0_date, course.c.strategy,
+            outcome.c.followup_regrowth_date, outcome.c.last_followup_date,
+            course.c.ce_ious, course.c.t0_date, course.c.strategy, course.c.chemo_regimen,
+            course.c.chemo_targeted_agent,
         )
         .select_from(
             lesion.join(outcome, outcome.c.lesion_id == lesion.c.lesion_id)
@@ -32,7 +35,8 @@ def view_definitions(tables: dict[str, sa.Table]) -> dict[str, sa.Select]:
         )
     )
     survival_v = sa.select(
-        course.c.person_id, course.c.strategy, course.c.t0_date, course.c.ce_ious,
+        course.c.person_id, course.c.strategy, course.c.t0_date, course.c.ce_ious, course.c.chemo_regimen,
+        course.c.chemo_targeted_agent,
         course.c.rfs_months, course.c.rfs_event, course.c.os_months, course.c.os_event,
     ).where(course.c.t0_date.is_not(None))
     return {"dlm_lesion_v": lesion_v, "dlm_patient_survival_v": survival_v}

@@ -38,7 +38,7 @@ def patients():
 
 def test_analyse_is_json_serialisable(lesions, patients):
     results = analyse(lesions, patients)
-    assert set(results) == {"npv", "survival_by_surgical_strategy", "comparison"}
+    assert set(results) == {"npv", "npv_subgroups", "npv_sensitivity", "survival_by_surgical_strategy", "comparison"}
     text = json.dumps(results, allow_nan=False)
     assert json.loads(text) == results
     assert results["npv"]["ct_and_mri_disappeared"]["estimate"] == 0.5

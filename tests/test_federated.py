@@ -368,7 +368,8 @@ def test_export_and_pool_end_to_end(two_registries, tmp_path):
     assert [s["site"] for s in pooled["sites"]] == ["north", "south"]
     assert set(pooled) >= {"sites", "methods", "npv", "survival"}
     assert set(pooled["npv"]) == {PARENT_GROUP, *CHILD_GROUPS}
-    assert set(pooled["npv"]["ct_and_mri_disappeared"]) == {"all", "ce_ious", "mri_protocol", "baseline_size"}
+    assert set(pooled["npv"]["ct_and_mri_disappeared"]) == {"all", "ce_ious", "mri_protocol", "baseline_size",
+                                                            "chemo_regimen", "chemo_targeted_agent"}
     union = pd.concat([_patients(url) for _, _, url, _ in two_registries], ignore_index=True)
     compared = 0
     for endpoint in ENDPOINTS:

@@ -26,8 +26,18 @@ def _keyed_rows(url: str, sql: str) -> dict[str, tuple]:
 
 LESIONS_SQL = ("SELECT l.lesion_source_value, o.dlm_group, o.outcome, o.handling FROM {dlm}dlm_lesion l "
                "JOIN {dlm}dlm_lesion_outcome o ON o.lesion_id = l.lesion_id")
-PATIENTS_SQL = ("SELECT p.person_source_value, c.strategy, c.rfs_months, c.rfs_event, c.os_months, c.os_event "
+PATIENTS_SQL = ("SELECT p.person_source_value, c.strategy, c.rfs_months, c.rfs_event, c.os_months, c.os_event, "
+                "c.chemo_regimen, c.chemo_targeted_agent "
                 "FROM {cdm}person p JOIN {dlm}dlm_patient_course c ON c.person_id = p.person_id")
+
+
+def _truth_regimen(drugs: list[str]) -> tuple[str, str]:
+    """The generator's drug names -> regimen labels, written out independently of mappings/drug_classes.csv."""
+    backbone = ("oxaliplatin_based" if "oxaliplatin" in drugs else "irinotecan_based" if "irinotecan" in drugs
+                else "unknown")
+    targeted = ("anti_vegf" if "bevacizumab" in drugs else
+                "anti_egfr" if {"cetuximab", "panitumumab"} & set(drugs) else "none")
+    return backbone, targeted
 
 
 def _truth_npv(truth: dict, group: str) -> float:
@@ -50,13 +60,17 @@ def _check_against_truth(source, out, url):
     assert mismatches == []
     patients = _keyed_rows(url, PATIENTS_SQL)
     for t in truth["patients"]:
-        strategy, rfs, rfs_event, os_, os_event = patients[pseudo.patient(t["patient"])]
+        strategy, rfs, rfs_event, os_, os_event, *regimen = patients[pseudo.patient(t["patient"])]
         assert strategy == t["strategy"]
+        assert tuple(regimen) == _truth_regimen(t["chemo_drugs"])
         assert (rfs_event, os_event) == (t["rfs_event"], t["os_event"])
         assert rfs == pytest.approx(t["rfs_months"], abs=1e-9)
         assert os_ == pytest.approx(t["os_months"], abs=1e-9)
     for group in ("ct_and_mri_disappeared", "ct_disappeared_mri_visible"):
         assert results["npv"][group]["estimate"] == pytest.approx(_truth_npv(truth, group), abs=1e-12)
+        # re-applying the run's own follow-up window from the view's dates reproduces the stored outcomes
+        window = results["npv_sensitivity"][f"followup_window_{24:g}_months"][group]
+        assert window == results["npv"][group]
     written = json.loads((out / "results.json").read_text())
     assert written["npv"] == results["npv"]
     return results

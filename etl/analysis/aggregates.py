@@ -31,6 +31,7 @@ import numpy as np
 
 from .cox import cox_estimable
 from .npv import OUTCOMES
+from .subgroups import ALL, DIMENSIONS, categories
 from .survival import ARMS, ENDPOINTS, REFERENCE_ARM, TREATED_ARM, endpoint_data
 
 FORMAT = "dlmreg-site-aggregates"
@@ -39,14 +40,6 @@ DEFAULT_MIN_CELL = 5
 PARENT_GROUP = "ct_disappeared"
 CHILD_GROUPS = ("ct_and_mri_disappeared", "ct_disappeared_mri_visible", "ct_disappeared_mri_missing")
 NPV_GROUPS = (PARENT_GROUP,) + CHILD_GROUPS
-ALL = "all"
-SIZE_BANDS = ("lt_10_mm", "10_to_19_mm", "ge_20_mm", "unknown")
-DIMENSIONS = {
-    ALL: (ALL,),
-    "ce_ious": ("used", "not_used"),
-    "mri_protocol": ("met", "not_met", "unknown"),
-    "baseline_size": SIZE_BANDS,
-}
 SUPPRESSION_RULE = (
     "S1: a row with any count in 1..min_cell-1 (risk tables: also at_risk - events - censored) is "
     "written as nulls with suppressed=true. S2: one suppressed category suppresses its whole "
@@ -68,30 +61,6 @@ def software_version():
 
 def _small(value, min_cell):
     return value is not None and 0 < value < min_cell
-
-
-def _size_band(size):
-    if size is None or (isinstance(size, float) and math.isnan(size)):
-        return "unknown"
-    return "lt_10_mm" if size < 10 else "10_to_19_mm" if size < 20 else "ge_20_mm"
-
-
-def _categories(lesions):
-    """Category of every lesion in each subgroup dimension (Series per dimension)."""
-    import pandas as pd
-
-    ce = lesions["ce_ious"].map(lambda v: "used" if v is True or v == 1 else "not_used")
-    if "mri_protocol_met" in lesions:
-        mri = lesions["mri_protocol_met"].map(
-            lambda v: "unknown" if pd.isna(v) else "met" if bool(v) else "not_met")
-    else:
-        mri = pd.Series("unknown", index=lesions.index)
-    if "baseline_size_mm" in lesions:
-        size = pd.to_numeric(lesions["baseline_size_mm"], errors="coerce").map(_size_band)
-    else:
-        size = pd.Series("unknown", index=lesions.index)
-    return {ALL: pd.Series(ALL, index=lesions.index), "ce_ious": ce, "mri_protocol": mri,
-            "baseline_size": size}
 
 
 def npv_counts(lesions):
@@ -116,7 +85,7 @@ def npv_counts(lesions):
     unknown = sorted(set(outcome) - set(OUTCOMES))
     if unknown:
         raise ValueError(f"unknown lesion outcome(s): {unknown}")
-    categories = _categories(lesions)
+    cuts = categories(lesions)
     group = lesions["dlm_group"]
     masks = {PARENT_GROUP: group.isin(CHILD_GROUPS), **{g: group.eq(g) for g in CHILD_GROUPS}}
     table = {}
@@ -124,7 +93,7 @@ def npv_counts(lesions):
         table[name] = {}
         for dimension, values in DIMENSIONS.items():
             table[name][dimension] = {
-                value: {o: int((mask & categories[dimension].eq(value) & outcome.eq(o)).sum())
+                value: {o: int((mask & cuts[dimension].eq(value) & outcome.eq(o)).sum())
                         for o in OUTCOMES}
                 for value in values
             }

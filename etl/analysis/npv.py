@@ -5,7 +5,12 @@ no cancer - true_negative / (true_negative + residual). Unevaluable lesions are 
 but left out of the denominator. Lesions of one patient are correlated, hence the
 cluster interval next to the exact one.
 """
+import pandas as pd
+
+from etl.lesions.classify import follow_up_outcome
+
 from .intervals import clopper_pearson, cluster_logit, wilson
+from .subgroups import ALL, DIMENSIONS, categories
 
 CT_DISAPPEARED_GROUPS = (
     "ct_and_mri_disappeared",
@@ -13,6 +18,10 @@ CT_DISAPPEARED_GROUPS = (
     "ct_disappeared_mri_missing",
 )
 CE_IOUS_KEY = "ct_and_mri_disappeared_with_contrast_enhanced_intraoperative_ultrasound"
+PROTOCOL_MET_KEY = "ct_and_mri_disappeared_mri_protocol_met"
+SUBGROUP_GROUPS = ("ct_disappeared", "ct_and_mri_disappeared", "ct_disappeared_mri_visible")
+SENSITIVITY_WINDOWS = (12.0, 24.0)
+FOLLOW_UP_COLUMNS = ("outcome_basis", "t0_date", "followup_regrowth_date", "last_followup_date")
 EVALUABLE = ("true_negative", "residual")
 OUTCOMES = EVALUABLE + ("unevaluable",)
 
@@ -29,16 +38,21 @@ def npv_groups(lesions):
     -------
     dict of str -> pandas.Series of bool
         Keys ``ct_disappeared`` (union of the CT-disappeared groups, MRI any),
-        ``ct_and_mri_disappeared``, ``ct_disappeared_mri_visible`` and the CE-IOUS subgroup
-        of ``ct_and_mri_disappeared`` (only ``ce_ious`` exactly true counts).
+        ``ct_and_mri_disappeared``, ``ct_disappeared_mri_visible``, the CE-IOUS subgroup
+        of ``ct_and_mri_disappeared`` (only ``ce_ious`` exactly true counts) and DREAM's analysed
+        population: ``ct_and_mri_disappeared`` whose post-chemotherapy MRI met the protocol
+        (DREAM left out the lesions whose MRI did not; 203 - 51 = 152).
     """
     group = lesions["dlm_group"]
     both = group.eq("ct_and_mri_disappeared")
+    protocol = lesions["mri_protocol_met"] if "mri_protocol_met" in lesions else pd.Series(
+        None, index=lesions.index, dtype=object)
     return {
         "ct_disappeared": group.isin(CT_DISAPPEARED_GROUPS),
         "ct_and_mri_disappeared": both,
         "ct_disappeared_mri_visible": group.eq("ct_disappeared_mri_visible"),
         CE_IOUS_KEY: both & lesions["ce_ious"].eq(True),
+        PROTOCOL_MET_KEY: both & protocol.map(lambda v: v is True or v == 1),
     }
 
 
@@ -101,3 +115,94 @@ def npv_summary(lesions):
         lesions are present with zero counts and None estimates.
     """
     return {key: npv_estimate(lesions[mask]) for key, mask in npv_groups(lesions).items()}
+
+
+def npv_subgroups(lesions):
+    """NPV per subgroup of each main group (the forest plot's rows).
+
+    Parameters
+    ----------
+    lesions : pandas.DataFrame
+        As for :func:`npv_summary`, plus the subgroup columns of
+        :func:`etl.analysis.subgroups.categories` where available.
+
+    Returns
+    -------
+    dict
+        ``{group: {dimension: {category: npv_estimate}}}`` for the groups ``SUBGROUP_GROUPS``
+        and every dimension of ``etl.analysis.subgroups.DIMENSIONS`` except ``all``; every
+        category is present, empty ones with zero counts.
+    """
+    masks = npv_groups(lesions)
+    cuts = categories(lesions)
+    return {
+        group: {
+            dimension: {value: npv_estimate(lesions[masks[group] & cuts[dimension].eq(value)])
+                        for value in values}
+            for dimension, values in DIMENSIONS.items() if dimension != ALL
+        }
+        for group in SUBGROUP_GROUPS
+    }
+
+
+def _as_date(value):
+    return None if pd.isna(value) else pd.Timestamp(value).date()
+
+
+def outcomes_at_window(lesions, window_months):
+    """Each lesion's outcome had the follow-up window been ``window_months`` (rule O2 re-applied).
+
+    Only lesions judged by follow-up imaging change: resected lesions keep their pathology outcome,
+    and lesions without a hepatectomy stay unevaluable.
+
+    Parameters
+    ----------
+    lesions : pandas.DataFrame
+        Columns ``outcome``, ``outcome_basis``, ``t0_date``, ``followup_regrowth_date`` and
+        ``last_followup_date`` (dates or ISO strings).
+    window_months : float
+
+    Returns
+    -------
+    pandas.Series
+        Outcome per lesion, aligned with ``lesions``.
+    """
+    def outcome(row):
+        if row["outcome_basis"] != "follow_up" or pd.isna(row["t0_date"]):
+            return row["outcome"]
+        return follow_up_outcome(_as_date(row["t0_date"]), _as_date(row["followup_regrowth_date"]),
+                                 _as_date(row["last_followup_date"]), window_months)[0]
+
+    if lesions.empty:
+        return lesions["outcome"].copy()
+    return lesions.apply(outcome, axis=1)
+
+
+def npv_sensitivity(lesions, windows=SENSITIVITY_WINDOWS):
+    """The NPV per group under other assumptions than the registry's run.
+
+    Parameters
+    ----------
+    lesions : pandas.DataFrame
+        As for :func:`npv_summary` and :func:`outcomes_at_window`.
+    windows : sequence of float
+        Follow-up windows (months) to re-apply.
+
+    Returns
+    -------
+    dict
+        ``followup_window_<w>_months`` per window, ``unevaluable_as_true_negative`` (best case)
+        and ``unevaluable_as_residual`` (worst case): each a :func:`npv_summary` on the changed
+        outcomes. The two bounding cases bracket what the unevaluable lesions could do to the NPV.
+        A window's entry is None when ``lesions`` lacks the follow-up columns.
+    """
+    result = {}
+    for window in windows:
+        label = f"followup_window_{window:g}_months"
+        result[label] = (npv_summary(lesions.assign(outcome=outcomes_at_window(lesions, window)))
+                         if set(FOLLOW_UP_COLUMNS) <= set(lesions) else None)
+    outcome = lesions["outcome"].where(lesions["outcome"].notna(), "unevaluable")
+    for counted_as in EVALUABLE:
+        changed = outcome.where(outcome.ne("unevaluable"), counted_as)
+        result[f"unevaluable_as_{counted_as}"] = npv_summary(lesions.assign(outcome=changed))
+    return result

@@ -33,6 +33,8 @@ class LesionResult:
     baseline_size_mm: float | None = None
     post_ct_date: dt.date | None = None
     post_mri_date: dt.date | None = None
+    followup_regrowth_date: dt.date | None = None
+    last_followup_date: dt.date | None = None
 
 
 def _latest(rows: list[dict]) -> dict | None:
@@ -88,19 +90,27 @@ def _outcome(result: LesionResult, assessments: list[dict], line: Timeline, wind
         result.outcome_date = chosen["assessment_date"]
         return
     result.outcome_basis = "follow_up"
+    followup = sorted(a["assessment_date"] for a in assessments
+                      if a["modality"] in ("ct", "mri") and a["assessment_date"] > t0)
+    regrowth = [a["assessment_date"] for a in assessments
+                if a["modality"] in ("ct", "mri") and a["assessment_date"] > t0 and a["finding"] == "visible"]
+    result.followup_regrowth_date = min(regrowth) if regrowth else None
+    result.last_followup_date = followup[-1] if followup else None
+    result.outcome, result.outcome_date, result.unevaluable_reason = follow_up_outcome(
+        t0, result.followup_regrowth_date, result.last_followup_date, window_months)
+
+
+def follow_up_outcome(t0: dt.date, first_regrowth: dt.date | None, last_followup: dt.date | None,
+                      window_months: float) -> tuple[str, dt.date | None, str | None]:
+    """Rule O2 for a lesion not resected: (outcome, outcome_date, unevaluable_reason).
+
+    Only the first follow-up study showing the lesion and the last follow-up study of the liver matter,
+    so the analysis re-applies this rule for other windows (sensitivity analyses) from those two dates.
+    """
     window_days = window_months * DAYS_PER_MONTH
-
-    def days_after_t0(row: dict) -> int:
-        return (row["assessment_date"] - t0).days
-
-    followup = sorted((a for a in assessments if a["modality"] in ("ct", "mri") and a["assessment_date"] > t0),
-                      key=lambda a: a["assessment_date"])
-    regrowth = [a for a in followup if a["finding"] == "visible" and days_after_t0(a) <= window_days]
-    if regrowth:
-        result.outcome, result.outcome_date = "residual", regrowth[0]["assessment_date"]
-    elif followup and days_after_t0(followup[-1]) >= window_days:
-        result.outcome, result.outcome_date = "true_negative", followup[-1]["assessment_date"]
-    else:
-        result.outcome = "unevaluable"
-        result.unevaluable_reason = ("no follow-up imaging of the site" if not followup
-                                     else "follow-up shorter than the window")
+    if first_regrowth is not None and (first_regrowth - t0).days <= window_days:
+        return "residual", first_regrowth, None
+    if last_followup is not None and (last_followup - t0).days >= window_days:
+        return "true_negative", last_followup, None
+    return "unevaluable", None, ("no follow-up imaging of the site" if last_followup is None
+                                 else "follow-up shorter than the window")

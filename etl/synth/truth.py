@@ -63,4 +63,5 @@ def patient_row(course: Course, rendered: Rendered) -> dict:
         "rfs_event": bool(events),
         "os_months": months((os_end - t0).days),
         "os_event": course.death is not None,
+        "chemo_drugs": sorted({d.drug for d in course.drugs}),
     }
