@@ -13,6 +13,8 @@ import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPO.parent / "shared" / "reference"
+# Printing report.pdf takes Chromium seconds per run; only the report tests that check the PDF turn it on.
+os.environ.setdefault("DLMREG_REPORT_PDF", "off")
 
 
 def _fresh_pg_database() -> str:

@@ -25,7 +25,8 @@ FLOW = {"lesions_collected": {"lesions": 60, "patients": 20}, "disappeared_on_ct
         "disappeared_on_ct_and_mri": {"lesions": 21, "patients": 16},
         "disappeared_on_ct_visible_on_mri": {"lesions": 14, "patients": 10},
         "excluded_imaging_protocol_not_met": {"lesions": 2, "patients": 2},
-        "evaluable_ct_and_mri_disappeared": {"lesions": 19, "patients": 15}}
+        "analysed_ct_and_mri_disappeared": {"lesions": 19, "patients": 15},
+        "evaluable_ct_and_mri_disappeared": {"lesions": 17, "patients": 14}}
 
 
 def _check(name, severity="critical", status="pass", pct=0.0, **extra):
@@ -157,7 +158,7 @@ def test_page_is_self_contained():
     html = render_dashboard(_data(data_docs=True))
     assert set(re.findall(r'(?:src|href)="([^"]*)"', html)) == {"data_docs/index.html"}
     assert "<script" not in html and "<link" not in html and "@import" not in html
-    assert re.findall(r"url\(([^)]*)\)", html) == ["#arrow"] * 5
+    assert re.findall(r"url\(([^)]*)\)", html) == ["#arrow"] * 6
 
 
 # --- headless Chromium ---------------------------------------------------------------------------------------
