@@ -7,12 +7,12 @@ against DREAM's figure where the published numbers allow one
 (:mod:`etl.analysis.hypothesis_tests`).
 """
 from .hypothesis_tests import binomial_test_vs, log_hr_difference_test
+from .npv import PROTOCOL_MET_KEY as PROTOCOL_MET_GROUP
 from .survival import ARMS, ENDPOINTS, TREATED_ARM
 
 PRIMARY_GROUP = "ct_and_mri_disappeared"
 # DREAM analysed only the CT-and-MRI-disappeared lesions whose post-chemotherapy MRI met its
 # protocol (reference lesion_flow: excluded_imaging_protocol_not_met); this group is like for like.
-PROTOCOL_MET_GROUP = "ct_and_mri_disappeared_mri_protocol_met"
 
 
 def _inside(value, interval):
