@@ -1,0 +1,119 @@
+"""bench/run.py's machinery (issue #9): every measurement is taken and written to BENCHMARKS.md with finite
+ratios and each target's verdict. No timing is asserted: targets and results live in BENCHMARKS.md.
+
+The fast test measures a stand-in for `dlmreg run` (it creates a table in the registry it is given and
+writes `results.json` as the real one does), so it checks the benchmark (databases per run, floor, naive
+sample, the 1% change, measuring, the Markdown) in seconds; the real ETL at the same size runs in the
+`slow` test (about 2.5 minutes, mostly the quality checks' fixed cost).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from pgcluster import pg_bin  # noqa: E402
+from run import NOTES_MARKER, change_share  # noqa: E402
+
+STAND_IN = '''
+import argparse, json
+from pathlib import Path
+import sqlalchemy as sa
+
+parser = argparse.ArgumentParser()
+parser.add_argument("command")
+parser.add_argument("--source", type=Path)
+parser.add_argument("--registry")
+parser.add_argument("--out", type=Path)
+parser.add_argument("--no-progress", action="store_true")
+args = parser.parse_args()
+lines = [l for p in sorted(args.source.glob("*.ndjson")) for l in p.read_text().splitlines() if l.strip()]
+changed = sum('"versionId":"2"' in l for l in lines)
+engine = sa.create_engine(args.registry)
+with engine.begin() as conn:
+    first = not sa.inspect(conn).has_table("stand_in")
+    conn.execute(sa.text("CREATE TABLE IF NOT EXISTS stand_in (n integer)"))
+    conn.execute(sa.text("INSERT INTO stand_in VALUES (:n)"), {"n": len(lines)})
+args.out.mkdir(parents=True, exist_ok=True)
+changes = {"new": len(lines) if first else 0, "changed": 0 if first else changed,
+           "unchanged": 0 if first else len(lines) - changed, "deleted": 0}
+(args.out / "results.json").write_text(json.dumps({"run": {"resources_read": len(lines), "staging_changes": changes}}))
+'''
+
+
+def _pg_args() -> list[str]:
+    if os.environ.get("DLMREG_TEST_PG_URL"):
+        return ["--pg-url", os.environ["DLMREG_TEST_PG_URL"]]
+    if pg_bin() is None:
+        pytest.skip("neither DLMREG_TEST_PG_URL nor PostgreSQL binaries (scripts/test.sh provides them)")
+    return []
+
+
+def _bench(tmp_path: Path, *extra: str) -> tuple[list[dict], str]:
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text(f"# old\n\n{NOTES_MARKER}\n\nA note written by hand.\n")
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--patients", "30", "--naive-sample", "60",
+                           "--working-tree", "--output", str(output), *_pg_args(), *extra],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")], output.read_text()
+
+
+def _check(lines: list[dict], markdown: str) -> None:
+    rows = [r for r in lines if "step" in r]
+    steps = {(r["step"], r["registry"]) for r in rows}
+    assert steps == {("synth", None), ("floor", "PostgreSQL"), ("etl", "PostgreSQL"), ("etl", "SQLite"),
+                     ("incremental", "PostgreSQL"), ("incremental", "SQLite"), ("naive", "PostgreSQL")}
+    assert not [r for r in rows if r.get("error")]
+    resources = next(r["resources"] for r in rows if r["step"] == "synth")
+    assert all(r["resources"] == resources for r in rows)          # every step saw the whole cohort
+    assert all(r["peak_rss_mib"] > 0 and r["wall_s"] > 0 for r in rows)
+    naive = next(r for r in rows if r["step"] == "naive")
+    assert 50 <= naive["sample"] <= 70 and naive["extrapolated"]
+    for r in rows:
+        if r["step"] == "incremental":
+            assert 0 < r["staging_changes"]["changed"] <= r["changed_resources"]   # non-cohort ones are excluded
+    ratios = [r for r in lines if "ratio" in r]
+    assert {r["ratio"] for r in ratios} == {"etl_over_floor", "naive_over_etl", "incremental_over_full"}
+    assert all(math.isfinite(r["value"]) and r["met"] in (True, False) for r in ratios)
+
+    for label in ["floor: read + json.loads + COPY into PostgreSQL", "ETL PostgreSQL (`dlmreg run`",
+                  "ETL SQLite (`dlmreg run`", "naive, PostgreSQL (extrapolated from", "incremental PostgreSQL (",
+                  "incremental SQLite (", "## 30 patients", "## Targets", "- Machine: ", "PostgreSQL 1",
+                  "Code measured: working tree"]:
+        assert label in markdown, label
+    targets = markdown.split("## Targets")[1].split("\n## ")[0]
+    verdicts = [line.rsplit("|", 2)[1].strip() for line in targets.splitlines() if line.startswith("| ")][1:]
+    # at 30 patients: ETL/floor, naive/ETL, incremental/full x 2 registries; RSS growth needs 1,000 and 50,000
+    assert len(verdicts) == 5 and verdicts.count("not measured") == 1
+    assert all(v in ("**met**", "**not met**", "not measured") for v in verdicts)
+    assert markdown.rstrip().endswith("A note written by hand.")          # hand-written notes survive
+
+
+def test_bench_machinery_writes_every_row(tmp_path):
+    stand_in = tmp_path / "stand_in.py"
+    stand_in.write_text(STAND_IN)
+    lines, markdown = _bench(tmp_path, "--dlmreg", f"{sys.executable} {stand_in}")
+    _check(lines, markdown)
+
+
+@pytest.mark.slow
+def test_bench_real_etl(tmp_path):
+    _check(*_bench(tmp_path))
+
+
+def test_change_share_is_deterministic_and_about_one_percent(tmp_path, cohort_factory):
+    cohort = cohort_factory(30, 1)
+    first, second = change_share(cohort, tmp_path / "a"), change_share(cohort, tmp_path / "b")
+    total = sum(1 for p in cohort.glob("*.ndjson") for line in p.read_text().splitlines() if line.strip())
+    assert first == second and 0.005 * total < first < 0.02 * total
+    for path in sorted(cohort.glob("*.ndjson")):
+        assert (tmp_path / "a" / path.name).read_text() == (tmp_path / "b" / path.name).read_text()
