@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--min-cell", type=int, default=5, metavar="N",
                         help="counts 1..N-1 are suppressed (default 5; 1 disables suppression)")
     export.add_argument("--site-id", help="site label written into the file")
+    roles = commands.add_parser("setup-roles", help="create the PostgreSQL roles (ETL writer, analyst, dashboard "
+                                                    "reader) and grant them to login users")
+    roles.add_argument("--registry", required=True, help="PostgreSQL URL of a user who may create roles")
+    roles.add_argument("--grant", action="append", default=[], metavar="USER=ROLE",
+                       help="make an existing login user a member of a role (repeatable)")
     pool = commands.add_parser("pool", help="pool several sites' aggregate files (meta-analysis, pooled KM)")
     pool.add_argument("files", metavar="FILE", nargs="+", type=Path, help="site aggregate JSON files")
     pool.add_argument("--out", type=Path, required=True, help="directory for pooled.json and pooled.md")
@@ -90,6 +95,25 @@ def _export_aggregates(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     print(f"wrote {args.out} (min cell {data['min_cell']})")
+    return 0
+
+
+def _setup_roles(args) -> int:
+    from etl.registry import open_registry
+    from registry_schema.roles import setup_roles
+
+    members = {}
+    for item in args.grant:
+        user, _, role = item.partition("=")
+        if not user or not role:
+            raise ValueError(f"--grant takes USER=ROLE, got {item!r}")
+        members[user] = role
+    registry = open_registry(args.registry)
+    try:
+        for line in setup_roles(registry.engine, registry.tables, registry.schemas, members):
+            print(line)
+    finally:
+        registry.engine.dispose()
     return 0
 
 
@@ -183,7 +207,7 @@ def _data_dictionary(args) -> int:
 
 
 COMMANDS = {"synth": _synth, "run": _run, "data-dictionary": _data_dictionary, "sites": _sites, "nlp": _nlp,
-            "export-aggregates": _export_aggregates, "pool": _pool}
+            "export-aggregates": _export_aggregates, "pool": _pool, "setup-roles": _setup_roles}
 
 
 def main(argv: list[str] | None = None) -> int:

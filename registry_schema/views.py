@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from registry_schema.roles import grant_view_readers
+
 VIEW_DESCRIPTIONS = {
     "dlm_lesion_v": "One row per lesion: patient, segment, baseline size, DLM group, outcome and its basis, "
                     "handling at surgery, CE-IOUS use, time zero, follow-up dates (to re-apply other windows), "
@@ -54,3 +56,4 @@ def create_views(conn: sa.Connection, tables: dict[str, sa.Table], schema: str |
         sql = select.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
         conn.execute(sa.text(f"DROP VIEW IF EXISTS {qualified}"))
         conn.execute(sa.text(f"CREATE VIEW {qualified} AS {sql}"))
+    grant_view_readers(conn, schema)  # a dropped view lost its grants
