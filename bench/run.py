@@ -65,13 +65,14 @@ def measure(command: list[str], log: Path, cwd: Path | None = None, env: dict | 
     Output goes to files (`log`.out / .err), so a chatty child can never block on a full pipe.
     """
     out, err = log.with_suffix(".out"), log.with_suffix(".err")
+    load = os.getloadavg()[0]  # other work on the machine slows every row; recorded, not corrected for
     with out.open("w") as stdout, err.open("w") as stderr:
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "exit_code": code,
+    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "exit_code": code, "load_before": load,
             "stdout": out.read_text(), "error": None if code == 0 else err.read_text()[-1500:]}
 
 
@@ -139,7 +140,8 @@ def change_share(source: Path, target: Path, share: float = 0.01, seed: int = 9)
 
 def _row(patients: int, step: str, registry: str | None, run: dict, **extra) -> dict:
     row = {"patients": patients, "step": step, "registry": registry, "wall_s": run["wall_s"],
-           "peak_rss_mib": run["peak_rss_mib"], "exit_code": run["exit_code"], **extra}
+           "peak_rss_mib": run["peak_rss_mib"], "exit_code": run["exit_code"], "load_before": run["load_before"],
+           **extra}
     if run["error"]:
         row["error"] = run["error"].strip().splitlines()[-1][:300] if run["error"].strip() else f"exit {run['exit_code']}"
     resources = row.get("resources")
@@ -221,6 +223,48 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
     return rows
 
 
+def projected(rows: list[dict], patients: int) -> tuple[float, float] | None:
+    """(wall s, peak RSS MiB) an ETL run at `patients` is expected to need: the largest over registries of a
+    straight line through the two largest sizes measured (through the origin when only one was)."""
+    worst = None
+    for name in REGISTRIES.values():
+        by_size: dict[int, tuple[float, float]] = {}
+        for r in rows:
+            if r["step"] in ("etl", "incremental") and r["registry"] == name and not r.get("error"):
+                wall, rss = by_size.get(r["patients"], (0.0, 0.0))
+                by_size[r["patients"]] = (max(wall, r["wall_s"]), max(rss, r["peak_rss_mib"]))
+        points = sorted(by_size.items())[-2:]
+        if not points:
+            continue
+        if len(points) == 1:
+            points.insert(0, (0, (0.0, 0.0)))
+        (n1, (w1, r1)), (n2, (w2, r2)) = points
+        line = tuple(v2 + (v2 - v1) / (n2 - n1) * (patients - n2) for v1, v2 in ((w1, w2), (r1, r2)))
+        worst = line if worst is None else (max(worst[0], line[0]), max(worst[1], line[1]))
+    return worst
+
+
+def memory_available_mib() -> float:
+    return next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemAvailable")) / 1024
+
+
+def skip_reason(rows: list[dict], patients: int, max_etl_minutes: float) -> str | None:
+    """Why a size should not be run, judged from the sizes already measured (None: run it)."""
+    expected = projected(rows, patients)
+    if expected is None:
+        return None
+    wall, rss = expected
+    available = memory_available_mib()
+    if wall > max_etl_minutes * 60:
+        return (f"projected from the smaller sizes, one ETL run would take about {wall / 60:.0f} minutes "
+                f"(limit {max_etl_minutes:g}, `--max-etl-minutes`) and peak at about {rss / 1024:.1f} GiB")
+    if rss > 0.9 * available:
+        return (f"projected from the smaller sizes, one ETL run would peak at about {rss / 1024:.1f} GiB, more "
+                f"than 90% of the {available / 1024:.1f} GiB available")
+    return None
+
+
 # --- ratios and the Markdown ----------------------------------------------------------------------------
 
 def _find(rows: list[dict], patients: int, step: str, registry: str | None = None) -> dict | None:
@@ -234,7 +278,7 @@ def _ratio(a: dict | None, b: dict | None, key: str = "wall_s") -> float:
 
 def ratios(rows: list[dict]) -> list[dict]:
     """Every ratio with its target: one dict per (ratio, size or sizes, registry)."""
-    sizes = sorted({r["patients"] for r in rows})
+    sizes = sorted({r["patients"] for r in rows if r["step"] != "not run"})
     out = []
     for n in sizes:
         floor, naive = _find(rows, n, "floor"), _find(rows, n, "naive")
@@ -308,6 +352,11 @@ def _ratio_line(r: dict) -> str:
     return f"| {name} | {_fmt(r['value'], digits)} | {target} | {verdict} |"
 
 
+def _load_range(rows: list[dict]) -> str:
+    loads = [r["load_before"] for r in rows if "load_before" in r]
+    return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "n/a"
+
+
 def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
     """Rewrite `path`: measurements and ratios, then whatever followed NOTES_MARKER in the old file."""
     notes = ""
@@ -322,6 +371,8 @@ def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
         f"- Machine: {header['machine']}.",
         f"- Date: {header['date']}. Code measured: {header['code']}.",
         f"- PostgreSQL: {header['postgres']}.",
+        f"- 1-minute load average before each step: {_load_range(rows)} (on {os.cpu_count()} cores; other work on "
+        "the machine slows the rows it overlaps).",
         "", "## Targets", "",
         "| target | measured | value | met |", "|---|---|---:|---|",
     ]
@@ -333,9 +384,16 @@ def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
             digits = 3 if r["key"] == "incremental_over_full" else 2
             lines.append(f"| {label} | {size} | {_fmt(r['value'], digits)} | {_verdict(r)} |")
     if not any(r["key"] == "rss_growth" and r["target"] for r in all_ratios):
-        lines.append(f"| {TARGETS['rss_growth'][0]} | needs 1,000 and 50,000 in one run | n/a | not measured |")
+        skipped = any(r["step"] == "not run" and r["patients"] == 50000 for r in rows)
+        lines.append(f"| {TARGETS['rss_growth'][0]} | "
+                     f"{'50,000 not run (below)' if skipped else 'needs 1,000 and 50,000 in one run'} | n/a | "
+                     "not measured |")
     for n in sorted({r["patients"] for r in rows}):
         size_rows = [r for r in rows if r["patients"] == n]
+        if size_rows[0]["step"] == "not run":
+            lines += ["", f"## {n:,} patients: not run", "", size_rows[0]["reason"][:1].upper()
+                      + size_rows[0]["reason"][1:] + "."]
+            continue
         resources = next((r["resources"] for r in size_rows if r["step"] == "synth"), 0)
         lines += ["", f"## {n:,} patients ({resources:,} resources)", "",
                   "| step | resources | wall (s) | resources/s | peak RSS (MiB) |", "|---|---:|---:|---:|---:|"]
@@ -397,6 +455,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dlmreg", type=shlex.split, metavar="COMMAND",
                         help="command measured as `dlmreg` for the ETL rows (default: python -m etl.cli of the code "
                         "under test); the tests pass a stand-in to check the machinery quickly")
+    parser.add_argument("--max-etl-minutes", type=float, default=25.0, metavar="M",
+                        help="skip a size whose ETL run is projected (from the smaller sizes) to take longer, or to "
+                        "need more than 90%% of the available memory (default 25)")
     args = parser.parse_args(argv)
     if args.quick:
         args.patients, args.naive_sample = [200], min(args.naive_sample, 500)
@@ -415,8 +476,14 @@ def main(argv: list[str] | None = None) -> None:
                   "postgres": f"{version}, {pg_where}"}
         print(json.dumps({"machine": header["machine"], "code": code}), flush=True)
         rows: list[dict] = []
-        for patients in args.patients:
-            rows += bench_size(patients, args.registries, server_url, work, etl_env, args.naive_sample, args.dlmreg)
+        for patients in sorted(args.patients):
+            reason = skip_reason(rows, patients, args.max_etl_minutes)
+            if reason:
+                rows.append({"patients": patients, "step": "not run", "registry": None, "reason": reason})
+                print(json.dumps(rows[-1]), flush=True)
+            else:
+                rows += bench_size(patients, args.registries, server_url, work, etl_env, args.naive_sample,
+                                   args.dlmreg)
             write_markdown(rows, args.output, header)  # after every size: a long run leaves partial results
         for r in ratios(rows):
             print(json.dumps({"ratio": r["key"], "patients": r["patients"], "registry": r["registry"],

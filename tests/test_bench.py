@@ -117,3 +117,14 @@ def test_change_share_is_deterministic_and_about_one_percent(tmp_path, cohort_fa
     assert first == second and 0.005 * total < first < 0.02 * total
     for path in sorted(cohort.glob("*.ndjson")):
         assert (tmp_path / "a" / path.name).read_text() == (tmp_path / "b" / path.name).read_text()
+
+
+def test_projection_skips_a_size_that_would_take_too_long():
+    from run import projected, skip_reason
+
+    rows = [{"patients": n, "step": "etl", "registry": "SQLite", "wall_s": w, "peak_rss_mib": m}
+            for n, w, m in ((1000, 60.0, 600.0), (10000, 300.0, 4000.0))]
+    wall, rss = projected(rows, 50000)
+    assert math.isclose(wall, 300 + 240 / 9000 * 40000) and math.isclose(rss, 4000 + 3400 / 9000 * 40000)
+    assert skip_reason(rows, 50000, max_etl_minutes=20).startswith("projected from the smaller sizes")
+    assert skip_reason(rows[:1], 2000, max_etl_minutes=25) is None
