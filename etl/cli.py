@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_SOURCE_FAILED = 1, 2, 3
+EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_SOURCE_FAILED, EXIT_REGISTRY_BUSY = 1, 2, 3, 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -219,12 +219,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from etl.extract import ExtractError
     from etl.pipeline import RunFailed
+    from etl.run_lock import RegistryBusy
 
     try:
         return COMMANDS[args.command](args)
     except RunFailed as exc:
         print(f"dlmreg: {exc}", file=sys.stderr)
         return EXIT_CHECK_FAILED
+    except RegistryBusy as exc:
+        print(f"dlmreg: {exc}", file=sys.stderr)
+        return EXIT_REGISTRY_BUSY
     except ExtractError as exc:
         print(f"dlmreg: {exc}", file=sys.stderr)
         return EXIT_SOURCE_FAILED

@@ -23,6 +23,7 @@ from etl.extract import ServerOptions, open_source
 from etl.lesions.derive import derive
 from etl.load import load_rows
 from etl.registry import Registry, open_registry
+from etl.run_lock import registry_lock
 from etl.stage import load_extract_state, stage_source
 from etl.stage.pseudonym import Pseudonymizer
 from etl.transform import SUPPORTED_TYPES, map_staging
@@ -239,13 +240,15 @@ def run(settings: RunSettings) -> dict:
     """extract -> stage -> map -> load -> derive -> check -> analyse. Writes OUT/results.json and
     OUT/dashboard.html always.
 
-    Raises RunFailed (after writing results.json) when a critical quality check fails.
+    Raises RunFailed (after writing results.json) when a critical quality check fails, and
+    etl.run_lock.RegistryBusy (before anything is written) when another run holds the registry.
     """
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    if settings.source is None:
-        with demo_source() as directory:
-            return _run(settings, directory, DEMO_LABEL)
-    return _run(settings, settings.source, str(settings.source))
+    with registry_lock(settings.resolved_registry_url()):
+        if settings.source is None:
+            with demo_source() as directory:
+                return _run(settings, directory, DEMO_LABEL)
+        return _run(settings, settings.source, str(settings.source))
 
 
 def _run(settings: RunSettings, source: str, source_label: str) -> dict:

@@ -17,6 +17,7 @@ from etl.connections import fhir_endpoint
 from etl.dashboard import write_dashboard
 from etl.extract.window import WindowSource, extract_type
 from etl.registry import open_registry
+from etl.run_lock import registry_lock
 from etl.stage import Pseudonymizer, stage_source
 from etl.tasks import load_audit_task
 from etl.transform import SUPPORTED_TYPES
@@ -59,9 +60,10 @@ def stage(plan: dict, extracts: list[dict], registry: str, mapping_dirs: list[st
     """Stage the run's extracts together (one transaction, with the new watermarks); returns the accounting."""
     opened = open_registry(registry)
     pipeline.record_run(opened, _run_row(plan, "running"))
-    accounting = stage_source(opened.engine, opened.tables, WindowSource(extracts, snapshot=plan["full"]),
-                              load_code_map(map(Path, mapping_dirs)), Pseudonymizer(), plan["run_id"],
-                              SUPPORTED_TYPES, show_progress=False)
+    with registry_lock(registry):
+        accounting = stage_source(opened.engine, opened.tables, WindowSource(extracts, snapshot=plan["full"]),
+                                  load_code_map(map(Path, mapping_dirs)), Pseudonymizer(), plan["run_id"],
+                                  SUPPORTED_TYPES, show_progress=False)
     return {**accounting.as_dict(), "extract": {
         "resources": sum(e["resources"] for e in extracts), "unreadable_pages": sum(e["unreadable_pages"] for e in extracts),
         "incomplete": sorted(e["resource_type"] for e in extracts if not e["complete"]),

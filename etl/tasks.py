@@ -15,6 +15,7 @@ from pathlib import Path
 from etl import pipeline
 from etl.dashboard import write_dashboard
 from etl.registry import open_registry
+from etl.run_lock import registry_lock
 from etl.vocabulary import load_code_map
 
 RUN_ID_NAMESPACE = uuid.UUID("6f1c3b1e-2c55-4f0e-9a51-3f1f4b0c7d11")
@@ -55,8 +56,9 @@ def materialise_demo_source(directory: str) -> str:
 
 
 def stage_task(run_id: str, source: str, registry_url: str, mapping_dirs: list[str] = ()) -> dict:
-    registry = open_registry(registry_url)
-    return pipeline.stage(registry, source, load_code_map(map(Path, mapping_dirs)), run_id, show_progress=False)
+    with registry_lock(registry_url):
+        registry = open_registry(registry_url)
+        return pipeline.stage(registry, source, load_code_map(map(Path, mapping_dirs)), run_id, show_progress=False)
 
 
 def load_audit_task(run_id: str, source: str, registry_url: str, today: str, window_months: float = 24.0,
@@ -64,12 +66,14 @@ def load_audit_task(run_id: str, source: str, registry_url: str, today: str, win
     """Map, load, derive and audit in one transaction (write-audit-publish).
 
     Raises RunFailed naming the failed critical checks, with the audit's `quality` and `lesion_flow` (counts)
-    as its `audit`; the registry then keeps its previous state.
+    as its `audit`; the registry then keeps its previous state. Raises RegistryBusy while another run writes
+    (the task's retries try again later).
     """
-    registry = open_registry(registry_url)
-    mapped = pipeline.load_and_audit(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
-                                     window_months, dt.date.fromisoformat(today), show_progress=False,
-                                     data_docs_dir=Path(out_dir) / pipeline.DATA_DOCS if out_dir else None)
+    with registry_lock(registry_url):
+        registry = open_registry(registry_url)
+        mapped = pipeline.load_and_audit(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
+                                         window_months, dt.date.fromisoformat(today), show_progress=False,
+                                         data_docs_dir=Path(out_dir) / pipeline.DATA_DOCS if out_dir else None)
     audit = {"quality": mapped["quality"], "lesion_flow": mapped["lesion_flow"]}
     if not mapped["quality"]["publishable"]:
         raise pipeline.critical_failure(mapped["quality"], audit)

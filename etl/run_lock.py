@@ -1,0 +1,61 @@
+"""One writer at a time per registry: a lock held for the whole of a run's writing steps.
+
+Why: two runs staging and loading the same registry at once would interleave their deletes and inserts
+(and their watermarks). PostgreSQL gets a session-level advisory lock; SQLite an exclusive `flock` on a
+file next to the database. Both are released by the operating system or the server when the process
+dies (kill -9 included), so a crashed run never leaves a stale lock behind.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+# Advisory lock keys are per database; one fixed key names "the registry writer".
+LOCK_KEY = zlib.crc32(b"dlmreg registry writer")
+
+
+class RegistryBusy(RuntimeError):
+    """Another run holds the registry's lock."""
+
+
+@contextmanager
+def registry_lock(url: str) -> Iterator[None]:
+    """Hold the registry's writer lock; raise RegistryBusy at once when another process holds it."""
+    engine = sa.create_engine(url)
+    try:
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar():
+                    raise RegistryBusy("another run is writing to this registry (PostgreSQL advisory lock held); "
+                                       "try again when it has finished")
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+                    conn.commit()
+        elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+            path = Path(engine.url.database).with_name(Path(engine.url.database).name + ".lock")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RegistryBusy(f"another run is writing to this registry ({path.name} is locked); "
+                                       "try again when it has finished") from None
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        else:
+            log.warning("no run lock for %s databases: do not start two runs at once", engine.dialect.name)
+            yield
+    finally:
+        engine.dispose()
