@@ -29,7 +29,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 def open_registry(url: str) -> Registry:
     """Connect, create missing schemas, tables and views. Raises sa.exc.OperationalError if unreachable."""
-    engine = sa.create_engine(url)
+    # pre-ping: after the database dropped the connections (restart, failover), the run's closing
+    # bookkeeping and the next step get a fresh connection instead of a dead one
+    engine = sa.create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     schemas = SchemaNames.for_dialect(engine.dialect.name)

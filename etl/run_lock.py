@@ -39,8 +39,12 @@ def registry_lock(url: str) -> Iterator[None]:
                 try:
                     yield
                 finally:
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
-                    conn.commit()
+                    try:
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+                        conn.commit()
+                    except sa.exc.DBAPIError:
+                        # the session is gone (database restarted or connection dropped): so is its lock
+                        log.warning("run lock: the database connection was lost; the lock went with it")
         elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             path = Path(engine.url.database).with_name(Path(engine.url.database).name + ".lock")
             path.parent.mkdir(parents=True, exist_ok=True)
