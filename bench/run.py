@@ -72,7 +72,8 @@ def measure(command: list[str], log: Path, cwd: Path | None = None, env: dict | 
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "exit_code": code, "load_before": load,
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024,
+            "exit_code": code, "load_before": load,
             "stdout": out.read_text(), "error": None if code == 0 else err.read_text()[-1500:]}
 
 
@@ -139,7 +140,7 @@ def change_share(source: Path, target: Path, share: float = 0.01, seed: int = 9)
 # --- one cohort size ------------------------------------------------------------------------------------
 
 def _row(patients: int, step: str, registry: str | None, run: dict, **extra) -> dict:
-    row = {"patients": patients, "step": step, "registry": registry, "wall_s": run["wall_s"],
+    row = {"patients": patients, "step": step, "registry": registry, "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
            "peak_rss_mib": run["peak_rss_mib"], "exit_code": run["exit_code"], "load_before": run["load_before"],
            **extra}
     if run["error"]:
@@ -214,7 +215,8 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
     if inner:
         # Extrapolated from the loop's own time only (imports and sampling left out): the kindest
         # reading of the naive loader, so naive/ETL is if anything understated.
-        naive = {**naive, "wall_s": inner["work_s"] * inner["total"] / inner["sample"]}
+        naive = {**naive, "wall_s": inner["work_s"] * inner["total"] / inner["sample"],
+                 "cpu_s": inner["work_cpu_s"] * inner["total"] / inner["sample"]}
     rows.append(_row(patients, "naive", "PostgreSQL", naive, resources=inner.get("total", total),
                      sample=inner.get("sample"), sample_work_s=inner.get("work_s"),
                      extrapolated=True))
@@ -372,7 +374,8 @@ def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
         f"- Date: {header['date']}. Code measured: {header['code']}.",
         f"- PostgreSQL: {header['postgres']}.",
         f"- 1-minute load average before each step: {_load_range(rows)} (on {os.cpu_count()} cores; other work on "
-        "the machine slows the rows it overlaps).",
+        "the machine slows the rows it overlaps). `CPU (s)` is the process's own user + system time (for "
+        "PostgreSQL rows the server's work is not in it): it is what contention changes least.",
         "", "## Targets", "",
         "| target | measured | value | met |", "|---|---|---:|---|",
     ]
@@ -396,7 +399,8 @@ def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
             continue
         resources = next((r["resources"] for r in size_rows if r["step"] == "synth"), 0)
         lines += ["", f"## {n:,} patients ({resources:,} resources)", "",
-                  "| step | resources | wall (s) | resources/s | peak RSS (MiB) |", "|---|---:|---:|---:|---:|"]
+                  "| step | resources | wall (s) | resources/s | peak RSS (MiB) | CPU (s) | load before |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for step, registry in STEP_ORDER:
             r = next((r for r in size_rows if r["step"] == step and r["registry"] == registry), None)
             if r is None:
@@ -405,10 +409,11 @@ def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
                                              changed_resources=r.get("changed_resources") or 0)
             if r.get("error"):
                 lines.append(f"| {label} | {r['resources']:,} | failed after {r['wall_s']:.1f} s: "
-                             f"{r['error'].replace('|', '/')} | n/a | {r['peak_rss_mib']:.0f} |")
+                             f"{r['error'].replace('|', '/')} | n/a | {r['peak_rss_mib']:.0f} | "
+                             f"{r['cpu_s']:,.1f} | {r['load_before']:.1f} |")
                 continue
             lines.append(f"| {label} | {r['resources']:,} | {r['wall_s']:,.1f} | {_fmt(r['resources_per_s'], 0)} | "
-                         f"{r['peak_rss_mib']:,.0f} |")
+                         f"{r['peak_rss_mib']:,.0f} | {r['cpu_s']:,.1f} | {r['load_before']:.1f} |")
         synth = next(r for r in size_rows if r["step"] == "synth")
         lines += ["", "| ratio | value | target | |", "|---|---:|---|---|"]
         lines += [_ratio_line(r) for r in all_ratios if r["patients"] == n]
