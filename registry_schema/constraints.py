@@ -1,7 +1,8 @@
 """Foreign keys and indexes: a separate step after the bulk load (as OHDSI's DDL separates them).
 
 - Indexes (every dialect): each table's `person_id`, `visit_occurrence_id` and main concept field
-  (`<conceptPrefix>concept_id` from the table-level spec), and the DLM tables' `person_id`/`lesion_id`.
+  (`<conceptPrefix>concept_id` from the table-level spec), the DLM tables' `person_id`/`lesion_id`, and
+  `note_nlp.note_id` / `episode_event.episode_id` (a patient's rows are replaced by person).
 - Foreign keys (PostgreSQL): every spec FK between clinical tables, plus the DLM tables' links to
   `person`, created DEFERRABLE INITIALLY DEFERRED so a transaction can replace parents and children in
   any order. FKs into the vocabulary (`concept`, `domain`, `vocabulary`, `concept_class`,
@@ -52,7 +53,8 @@ def index_columns(tables: dict[str, sa.Table]) -> list[tuple[str, str]]:
         prefixes = {row["cdmTableName"].lower(): row["conceptPrefix"].lower() for row in csv.DictReader(handle)}
     wanted = []
     for name, table in tables.items():
-        candidates = ["person_id", "visit_occurrence_id", "lesion_id"]
+        # note_id / episode_id: NOTE_NLP and EPISODE_EVENT rows are replaced with their note / episode.
+        candidates = ["person_id", "visit_occurrence_id", "lesion_id", "note_id", "episode_id"]
         prefix = prefixes.get(name, "na")
         if prefix != "na":
             candidates.append(f"{prefix}concept_id")

@@ -125,7 +125,22 @@ def dlm_tables(metadata: sa.MetaData, schema: str | None = None) -> dict[str, sa
              primary_key=True),
         _col("omop_id", Id, False),
         _col("fhir_version_id", sa.String(64)),
+        _col("patient_key", sa.String(64), comment="keyed pseudonym of the patient the row belongs to (a patient's "
+                                                   "ids are read with its batch); '' when no longer known"),
+        sa.Index("idx_dlm_lineage_patient_key", "patient_key"),
+        sa.Index("idx_dlm_lineage_omop_id", "omop_table", "omop_id"),
         schema=schema, comment="FHIR resource identity <-> OMOP row id; keeps ids stable across runs.",
+    )
+    t["dlm_patient_digest"] = sa.Table(
+        "dlm_patient_digest", metadata,
+        _col("patient_key", sa.String(64), False, "keyed pseudonym of the patient", primary_key=True),
+        _col("digest", sa.String(64), False,
+             "hash of the patient's staged resources and of the mapping code, mappings and settings"),
+        _col("person_id", Id, comment="OMOP person.person_id the patient was mapped to (NULL: no person row)"),
+        _col("run_id", sa.String(36), comment="the run that last mapped the patient"),
+        _col("map_notes", sa.Text, comment="JSON: the warnings and unmapped codes of the patient's mapping"),
+        schema=schema, comment="What each patient's registry rows were mapped from: a run re-maps only patients "
+                               "whose digest changed and removes those no longer staged.",
     )
     t["dlm_run"] = sa.Table(
         "dlm_run", metadata,
@@ -196,6 +211,8 @@ def staging_tables(metadata: sa.MetaData, schema: str | None = None) -> dict[str
             _col("source", sa.String(500)),
             _col("fetched_at", sa.DateTime, comment="when this version was fetched (UTC)"),
             _col("resource_json", sa.Text, False, "the resource with direct identifiers removed"),
+            # Mapping reads staging patient by patient; the hash makes the per-patient digest an index-only read.
+            sa.Index("idx_fhir_resource_patient_key", "patient_key", "sha256"),
             schema=schema, comment="Staged FHIR resources of cohort patients, de-identified.",
         )
     }

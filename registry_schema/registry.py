@@ -44,6 +44,7 @@ def create_registry(engine: sa.Engine, schemas: SchemaNames, metadata: sa.MetaDa
             conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{name}"'))
         metadata.create_all(conn, checkfirst=True)
         add_missing_columns(conn, metadata)
+        add_missing_indexes(conn, metadata)
 
 
 def add_missing_columns(conn: sa.Connection, metadata: sa.MetaData) -> list[str]:
@@ -66,4 +67,19 @@ def add_missing_columns(conn: sa.Connection, metadata: sa.MetaData) -> list[str]
             conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(table)} "
                                  f"ADD COLUMN {preparer.format_column(column)} {kind}"))
             added.append(f"{table.name}.{column.name}")
+    return added
+
+
+def add_missing_indexes(conn: sa.Connection, metadata: sa.MetaData) -> list[str]:
+    """CREATE INDEX IF NOT EXISTS for every index declared on a table (create_all skips existing tables)."""
+    inspector = sa.inspect(conn)
+    added = []
+    for table in metadata.sorted_tables:
+        if not table.indexes:
+            continue
+        present = {i["name"] for i in inspector.get_indexes(table.name, schema=table.schema)}
+        for index in sorted(table.indexes, key=lambda i: i.name):
+            if index.name not in present:
+                conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+                added.append(index.name)
     return added
