@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--at-risk-every", type=float, default=6.0, metavar="MONTHS")
     run.add_argument("--at-risk-until", type=float, default=60.0, metavar="MONTHS")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--remap-all", action="store_true",
+                     help="re-map every patient (default: only patients whose staged resources, or the mapping, changed)")
+    run.add_argument("--map-batch", type=int, default=500, metavar="PATIENTS",
+                     help="patients mapped and loaded together (memory grows with this, not with the cohort)")
     server = run.add_argument_group("FHIR server sources (credentials come from the environment, see README)")
     server.add_argument("--extract", choices=["rest", "bulk"], default="rest",
                         help="REST search (default) or Bulk Data $export")
@@ -182,6 +186,7 @@ def _run(args) -> int:
     settings = RunSettings(source=args.source, registry_url=args.registry, out_dir=args.out,
                            followup_window_months=args.followup_window, mapping_dirs=tuple(args.mappings),
                            at_risk_times=times, show_progress=False if args.no_progress else None,
+                           remap_all=args.remap_all, map_batch_patients=args.map_batch,
                            server=ServerOptions(mode=args.extract, bulk_level=args.bulk_level, group_id=args.bulk_group,
                                                 full=args.full_refresh, page_size=args.page_size,
                                                 overlap_seconds=args.overlap, ca_bundle=args.ca_bundle))

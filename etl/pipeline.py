@@ -21,12 +21,17 @@ import sqlalchemy as sa
 from etl.dashboard import write_dashboard
 from etl.extract import ServerOptions, open_source
 from etl.lesions.derive import derive
-from etl.load import load_rows
+from etl.load import (backfill_lineage_patients, claimed_elsewhere, delete_all_patients, delete_persons, insert_rows,
+                      move_lineage, replace_global_rows, table_counts, write_lineage)
+from etl.progress import Progress
 from etl.registry import Registry, open_registry
 from etl.run_lock import registry_lock
 from etl.stage import load_extract_state, stage_source
 from etl.stage.pseudonym import Pseudonymizer
-from etl.transform import SUPPORTED_TYPES, map_staging
+from etl.transform import SUPPORTED_TYPES, map_batch
+from etl.transform.context import IdAssigner
+from etl.transform.patients import (KeyRange, delete_digests, mapping_salt, registry_notes, staged_digests,
+                                    stored_digests, write_digests)
 from etl.transform.vocabulary_tables import cdm_source_row, concept_rows, source_to_concept_rows
 from etl.vocabulary import CodeMap, load_code_map
 from registry_schema.constraints import apply_constraints
@@ -34,6 +39,7 @@ from registry_schema.constraints import apply_constraints
 log = logging.getLogger(__name__)
 DEMO_PATIENTS, DEMO_SEED = 200, 1527
 DEMO_LABEL = "demo cohort (synthetic)"
+MAP_BATCH_PATIENTS = 500  # patients mapped, loaded and derived together (memory is bounded by one batch)
 UNMAPPED_COLUMNS = ["source_system", "source_code", "field", "reason", "occurrences"]
 
 
@@ -63,6 +69,8 @@ class RunSettings:
     show_progress: bool | None = None
     server: ServerOptions = field(default_factory=ServerOptions)
     today: dt.date = field(default_factory=dt.date.today)
+    remap_all: bool = False                   # re-map every patient, not only those whose staged data changed
+    map_batch_patients: int = MAP_BATCH_PATIENTS
 
     def resolved_registry_url(self) -> str:
         return self.registry_url or f"sqlite:///{(self.out_dir / 'dlm_registry.sqlite').resolve()}"
@@ -98,53 +106,184 @@ def stage(registry: Registry, source: str, codes: CodeMap, run_id: str, show_pro
     return result
 
 
-def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str, window_months: float,
-                   today: dt.date, show_progress=None, data_docs_dir: Path | None = None) -> dict:
-    """Write-audit-publish in one transaction: map staging to OMOP + DLM rows, replace the registry's rows,
-    derive outcomes, and audit that uncommitted state with the quality checks. Commit only when no
-    critical check fails; otherwise roll back, so the published registry is never replaced by data that
-    failed. The check results and the unmapped-codes list are stored either way (for trends).
+def load_patients(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, run_id: str,
+                  window_months: float, today: dt.date, *, keys: KeyRange = KeyRange(), part: int = 0, parts: int = 1,
+                  remap_all: bool = False, batch_size: int = MAP_BATCH_PATIENTS, show_progress=None) -> dict:
+    """Map, load and derive, in batches of `batch_size` patients, the patients of `keys` whose digest changed
+    (etl.transform.patients), and delete the rows of patients no longer staged. Runs in the caller's
+    transaction; memory is bounded by the batch, not by the registry.
 
-    Returns rows, lesion groups, warnings, unmapped codes, the `quality` summary and the `lesion_flow` of the
-    audited state (read before commit or rollback, so a failed run has it too).
+    The whole registry (default `keys`) is re-mapped from scratch when `remap_all` is set or no patient was
+    mapped before (a new registry, or one loaded before digests existed). A partition (`keys` a range, ids
+    `part` modulo `parts`) only ever touches its own patients, so partitions can load concurrently.
+    Preconditions: staging is loaded; the registry tables exist.
+
+    Returns counts: `mode` (full or incremental), staged `patients`, patients `mapped` and `removed`,
+    `resources` read.
     """
-    from etl.quality import run_checks, store_results, summary
+    backfill_lineage_patients(conn, tables)
+    salt = mapping_salt(codes, window_months)
+    staged = staged_digests(conn, tables, salt, keys)
+    stored = stored_digests(conn, tables, keys)
+    lineage = tables["dlm_lineage"]
+    check_moves = conn.execute(sa.select(lineage.c.omop_id).limit(1)).first() is not None
+    if keys == KeyRange() and (remap_all or not stored):
+        mode, todo, removed = "full", sorted(staged), sorted(stored)
+        delete_all_patients(conn, tables)
+        conn.execute(tables["dlm_patient_digest"].delete())
+    else:
+        mode = "incremental"
+        todo = sorted(k for k, digest in staged.items() if remap_all or k not in stored or stored[k].digest != digest)
+        removed = sorted(set(stored) - set(staged))
+        # every changed patient's rows go before any batch is written: a resource that moved between two
+        # changed patients keeps its id, so its old row must be gone first
+        delete_persons(conn, tables, [stored[k].person_id for k in (*todo, *removed)
+                                      if k in stored and stored[k].person_id is not None])
+        delete_digests(conn, tables, removed)
+    log.info("map: %s, %d of %d patients to map, %d removed", mode, len(todo), len(staged), len(removed))
+    ids = IdAssigner(conn, lineage, offset=part, stride=parts)
+    progress = Progress("mapped resources", show_progress)
+    resources = 0
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        batch = map_batch(conn, tables, codes, ids, chunk, today, progress)
+        moved = claimed_elsewhere(conn, tables, batch.lineage) if check_moves else []
+        if moved:
+            # Resources that now belong to a patient of this batch: keep their ids and map the batch again.
+            move_lineage(conn, tables, moved)
+            batch = map_batch(conn, tables, codes, ids, chunk, today)
+        write_lineage(conn, tables, batch.lineage, batch.version_changes)
+        insert_rows(conn, tables, batch.rows)
+        derive(conn, tables, window_months, batch.rows)
+        write_digests(conn, tables, [{"patient_key": p.key, "digest": staged[p.key], "person_id": p.person_id,
+                                      "run_id": run_id, "map_notes": p.notes.to_json()} for p in batch.patients])
+        resources += batch.resources
+    progress.done()
+    return {"mode": mode, "patients": len(staged), "mapped": len(todo), "removed": len(removed),
+            "resources": resources}
+
+
+def _global_rows(codes: CodeMap, source: str, today: dt.date) -> tuple[dict[str, list[dict]], dict[str, int]]:
+    """Rows of the tables that belong to no patient, and their warnings."""
+    concepts, unverified = concept_rows()
+    warnings = {"concepts.csv rows not loaded (required fields not verified)": unverified} if unverified else {}
+    return {"source_to_concept_map": source_to_concept_rows(codes), "cdm_source": [cdm_source_row(codes, source, today)],
+            "concept": concepts}, warnings
+
+
+def _lesion_groups(conn: sa.Connection, tables: dict[str, sa.Table]) -> dict[str, int]:
+    outcome = tables["dlm_lesion_outcome"]
+    return dict(sorted(conn.execute(sa.select(outcome.c.dlm_group, sa.func.count()).group_by(outcome.c.dlm_group)).all()))
+
+
+def _audit(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, source: str, today: dt.date,
+           data_docs_dir: Path | None, registry: Registry) -> dict:
+    """Replace the global tables, count, and run the checks on the state `conn` sees."""
+    from etl.quality import run_checks
+
+    rows, warnings = _global_rows(codes, source, today)
+    replace_global_rows(conn, tables, rows)
+    notes = registry_notes(conn, tables)
+    counts = table_counts(conn, tables)
+    groups = _lesion_groups(conn, tables)
+    log.info("quality checks")
+    checks = run_checks(conn, tables, today, data_docs_dir)
+    flow = lesion_flow(read_lesions(conn, registry.schemas.dlm))
+    return {"rows": counts, "lesion_groups": groups, "warnings": dict(sorted({**notes.warnings, **warnings}.items())),
+            "unmapped": notes.unmapped, "checks": checks, "lesion_flow": flow}
+
+
+def _store_audit(registry: Registry, run_id: str, audited: dict) -> dict:
+    """Store check results and unmapped codes (whatever the outcome); constraints once published."""
+    from etl.quality import store_results, summary
 
     t = registry.tables
-    with registry.engine.connect() as conn:
-        transaction = conn.begin()
-        try:
-            ctx = map_staging(conn, t, codes, show_progress, today)
-            ctx.rows["source_to_concept_map"] = source_to_concept_rows(codes)
-            ctx.rows["cdm_source"] = [cdm_source_row(codes, source, today)]
-            ctx.rows["concept"], unverified = concept_rows()
-            if unverified:
-                ctx.warnings["concepts.csv rows not loaded (required fields not verified)"] = unverified
-            counts = load_rows(conn, t, ctx.rows, ctx.ids.new, ctx.ids.version_changes)
-            groups = derive(conn, t, window_months)
-            log.info("quality checks")
-            checks = run_checks(conn, t, today, data_docs_dir)
-            flow = lesion_flow(read_lesions(conn, registry.schemas.dlm))
-        except BaseException:
-            transaction.rollback()
-            raise
-        quality = summary(checks)
-        if quality["publishable"]:
-            transaction.commit()
-        else:
-            transaction.rollback()
+    quality = summary(audited["checks"])
     unmapped = [{"run_id": run_id, "source_system": s[:255], "source_code": c[:255], "field": f,
-                 "reason": reason, "occurrences": n} for (s, c, f, reason), n in sorted(codes.unmapped.items())]
+                 "reason": reason, "occurrences": n} for (s, c, f, reason), n in sorted(audited["unmapped"].items())]
     with registry.engine.begin() as conn:
-        store_results(conn, t, run_id, checks)
+        store_results(conn, t, run_id, audited["checks"])
         conn.execute(t["dlm_unmapped_code"].delete().where(t["dlm_unmapped_code"].c.run_id == run_id))
         if unmapped:
             conn.execute(t["dlm_unmapped_code"].insert(), unmapped)
     if quality["publishable"]:
         # Constraints after the bulk load (a no-op once they exist; on PostgreSQL later loads run under them).
         apply_constraints(registry.engine, registry.schemas, registry.tables)
-    return {"rows": counts, "lesion_groups": groups, "warnings": dict(ctx.warnings), "quality": quality,
-            "lesion_flow": flow, "unmapped_codes": [{k: u[k] for k in UNMAPPED_COLUMNS} for u in unmapped]}
+    return {"rows": audited["rows"], "lesion_groups": audited["lesion_groups"], "warnings": audited["warnings"],
+            "quality": quality, "lesion_flow": audited["lesion_flow"],
+            "unmapped_codes": [{k: u[k] for k in UNMAPPED_COLUMNS} for u in unmapped]}
+
+
+def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str, window_months: float,
+                   today: dt.date, show_progress=None, data_docs_dir: Path | None = None, remap_all: bool = False,
+                   batch_size: int = MAP_BATCH_PATIENTS) -> dict:
+    """Write-audit-publish in one transaction: map the changed patients' staging to OMOP + DLM rows batch by
+    batch (load_patients; `remap_all` re-maps everyone), replace their rows, derive their outcomes, and audit
+    that uncommitted state with the quality checks. Commit only when no critical check fails; otherwise roll
+    back, so the published registry is never replaced by data that failed. The check results and the
+    unmapped-codes list are stored either way (for trends).
+
+    Returns rows, lesion groups, warnings, unmapped codes (of the whole registry, as a full re-map reports
+    them), the `quality` summary, the `lesion_flow` of the audited state (read before commit or rollback, so
+    a failed run has it too) and `map` (what load_patients did).
+    """
+    t = registry.tables
+    with registry.engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            mapped = load_patients(conn, t, codes, run_id, window_months, today, remap_all=remap_all,
+                                   batch_size=batch_size, show_progress=show_progress)
+            audited = _audit(conn, t, codes, source, today, data_docs_dir, registry)
+        except BaseException:
+            transaction.rollback()
+            raise
+        from etl.quality import summary
+
+        if summary(audited["checks"])["publishable"]:
+            transaction.commit()
+        else:
+            transaction.rollback()
+    return {**_store_audit(registry, run_id, audited), "map": mapped}
+
+
+def map_partition(registry: Registry, codes: CodeMap, run_id: str, part: int, parts: int, window_months: float,
+                  today: dt.date, remap_all: bool = False, batch_size: int = MAP_BATCH_PATIENTS,
+                  show_progress=None) -> dict:
+    """Scale-out path: map, load and derive partition `part` of `parts` (a range of patient keys, rule PD3 of
+    etl.transform.patients) in its own transaction, and commit it.
+
+    Partitions touch disjoint patients and hand out disjoint new ids (`part` modulo `parts`), so all `parts`
+    of one run can load concurrently (separate processes, one PostgreSQL) and give the registry one
+    sequential load gives. Run audit_partitions once all have committed. Unlike load_and_audit this is
+    not write-audit-publish: a partition is committed before the checks run, so a failed critical check
+    fails the run (nothing is analysed or published) but does not restore the previous rows.
+    Preconditions: staging is loaded; the registry was loaded sequentially at least once if it holds
+    rows from before patient digests existed.
+    """
+    keys = KeyRange.partition(part, parts)
+    t = registry.tables
+    with registry.engine.begin() as conn:
+        has_digests = conn.execute(sa.select(t["dlm_patient_digest"].c.patient_key).limit(1)).first() is not None
+        if not has_digests and conn.execute(sa.select(t["person"].c.person_id).limit(1)).first() is not None:
+            raise RunFailed("the registry has rows but no patient digests: run one sequential load first")
+        return load_patients(conn, t, codes, run_id, window_months, today, keys=keys, part=part, parts=parts,
+                             remap_all=remap_all, batch_size=batch_size, show_progress=show_progress)
+
+
+def audit_partitions(registry: Registry, codes: CodeMap, run_id: str, source: str, today: dt.date,
+                     data_docs_dir: Path | None = None) -> dict:
+    """After every map_partition of a run: replace the global tables (vocabulary subset, cdm_source) and run
+    the quality checks on the registry as committed. Returns what load_and_audit returns (without `map`)."""
+    t = registry.tables
+    with registry.engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            audited = _audit(conn, t, codes, source, today, data_docs_dir, registry)
+        except BaseException:
+            transaction.rollback()
+            raise
+        transaction.commit()
+    return _store_audit(registry, run_id, audited)
 
 
 def critical_failure(quality: dict, audit: dict | None = None) -> RunFailed:
@@ -267,7 +406,8 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
         results["run"].update(stage(registry, source, codes, run_id, settings.show_progress, settings.server))
         log.info("map/load/derive")
         mapped = load_and_audit(registry, codes, run_id, source_label, settings.followup_window_months,
-                                settings.today, settings.show_progress, settings.out_dir / DATA_DOCS)
+                                settings.today, settings.show_progress, settings.out_dir / DATA_DOCS,
+                                remap_all=settings.remap_all, batch_size=settings.map_batch_patients)
         results["run"].update(rows=mapped["rows"], warnings=mapped["warnings"],
                               unmapped_codes=len(mapped["unmapped_codes"]))
         write_unmapped_report(settings.out_dir, mapped["unmapped_codes"])

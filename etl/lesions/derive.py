@@ -1,7 +1,9 @@
-"""Derive stage: read the loaded lesion facts, write dlm_lesion_outcome and dlm_patient_course.
+"""Derive stage: from the lesion facts, write dlm_lesion_outcome and dlm_patient_course.
 
-Preconditions: the map stage has loaded dlm_lesion, dlm_lesion_assessment, dlm_lesion_handling,
-dlm_clinical_event and observation_period. Runs in the caller's transaction.
+Everything derived belongs to one patient, so the load derives each batch of patients from the rows it
+has just mapped; `derive` without rows re-derives the whole registry from its tables.
+Preconditions (whole registry): the map stage has loaded dlm_lesion, dlm_lesion_assessment,
+dlm_lesion_handling, dlm_clinical_event, drug_exposure and observation_period. Runs in the caller's transaction.
 """
 from __future__ import annotations
 
@@ -22,6 +24,13 @@ def _grouped(conn: sa.Connection, table: sa.Table, key: str) -> dict[int, list[d
     return grouped
 
 
+def _group(rows: list[dict], key: str) -> dict[int, list[dict]]:
+    grouped: dict[int, list[dict]] = defaultdict(list)
+    for row in rows:
+        grouped[row[key]].append(row)
+    return grouped
+
+
 def _chemotherapy_drugs(conn: sa.Connection, tables: dict[str, sa.Table]) -> dict[int, list[tuple]]:
     """person_id -> (start date, drug_concept_id) of every drug exposure behind a chemotherapy event."""
     event, drug = tables["dlm_clinical_event"], tables["drug_exposure"]
@@ -34,17 +43,39 @@ def _chemotherapy_drugs(conn: sa.Connection, tables: dict[str, sa.Table]) -> dic
     return grouped
 
 
-def derive(conn: sa.Connection, tables: dict[str, sa.Table], window_months: float) -> dict[str, int]:
-    """Classify every lesion and build every patient's course; returns counts per group."""
-    lesions = _grouped(conn, tables["dlm_lesion"], "person_id")
-    assessments = _grouped(conn, tables["dlm_lesion_assessment"], "lesion_id")
-    handling = _grouped(conn, tables["dlm_lesion_handling"], "lesion_id")
-    events = _grouped(conn, tables["dlm_clinical_event"], "person_id")
-    period = tables["observation_period"]
-    last_contact = dict(conn.execute(sa.select(period.c.person_id,
-                                               sa.func.max(period.c.observation_period_end_date))
-                                     .group_by(period.c.person_id)).all())
-    drugs = _chemotherapy_drugs(conn, tables)
+def derive(conn: sa.Connection, tables: dict[str, sa.Table], window_months: float,
+           rows: dict[str, list[dict]] | None = None) -> dict[str, int]:
+    """Classify lesions and build patient courses; returns counts per group.
+
+    With `rows` (one batch's mapped rows: dlm_lesion, dlm_lesion_assessment, dlm_lesion_handling,
+    dlm_clinical_event, observation_period, drug_exposure), derive those patients from the rows in memory
+    and insert their outcome and course rows (their old ones were deleted with their other rows). Without,
+    re-derive every patient from the loaded tables, replacing both tables.
+    """
+    if rows is None:
+        lesions = _grouped(conn, tables["dlm_lesion"], "person_id")
+        assessments = _grouped(conn, tables["dlm_lesion_assessment"], "lesion_id")
+        handling = _grouped(conn, tables["dlm_lesion_handling"], "lesion_id")
+        events = _grouped(conn, tables["dlm_clinical_event"], "person_id")
+        period = tables["observation_period"]
+        last_contact = dict(conn.execute(sa.select(period.c.person_id,
+                                                   sa.func.max(period.c.observation_period_end_date))
+                                         .group_by(period.c.person_id)).all())
+        drugs = _chemotherapy_drugs(conn, tables)
+    else:
+        lesions = _group(rows.get("dlm_lesion", []), "person_id")
+        assessments = _group(rows.get("dlm_lesion_assessment", []), "lesion_id")
+        handling = _group(rows.get("dlm_lesion_handling", []), "lesion_id")
+        events = _group(rows.get("dlm_clinical_event", []), "person_id")
+        last_contact = {}
+        for period in rows.get("observation_period", []):
+            end = period["observation_period_end_date"]
+            last_contact[period["person_id"]] = max(end, last_contact.get(period["person_id"], end))
+        concept = {d["drug_exposure_id"]: d["drug_concept_id"] for d in rows.get("drug_exposure", [])}
+        drugs = defaultdict(list)
+        for event in rows.get("dlm_clinical_event", []):
+            if event["event"] == "chemotherapy" and event["omop_table"] == "drug_exposure" and event["omop_id"] in concept:
+                drugs[event["person_id"]].append((event["start_date"], concept[event["omop_id"]]))
     outcome_rows, course_rows = [], []
     counts: dict[str, int] = defaultdict(int)
     for person_id in sorted(set(lesions) | set(events)):
@@ -61,8 +92,9 @@ def derive(conn: sa.Connection, tables: dict[str, sa.Table], window_months: floa
                                                    line.first_hepatectomy))
         course_rows.append({"person_id": person_id, **patient_course(line, results),
                             "chemo_regimen": backbone, "chemo_targeted_agent": targeted})
-    for name, rows in (("dlm_lesion_outcome", outcome_rows), ("dlm_patient_course", course_rows)):
-        conn.execute(tables[name].delete())
-        if rows:
-            conn.execute(tables[name].insert(), rows)
+    for name, new in (("dlm_lesion_outcome", outcome_rows), ("dlm_patient_course", course_rows)):
+        if rows is None:
+            conn.execute(tables[name].delete())
+        if new:
+            conn.execute(tables[name].insert(), new)
     return dict(counts)

@@ -2,11 +2,17 @@
 
 Preconditions: staging (`fhir_resource`) holds the cohort's de-identified resources; `dlm_lineage`
 exists. Each module maps one OMOP table family and states its rules in its docstring.
+
+Every row the registry derives belongs to one patient, so mapping runs patient by patient (a patient's
+resources in load order, then its lesion linking, observation period and episodes) over batches of
+patients; etl.load writes each batch and etl.transform.patients decides which patients a run maps.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
@@ -16,6 +22,7 @@ from etl.transform import condition_occurrence, drug_exposure, episode, note, ob
 from etl.transform.domain import Fact, route
 from etl.transform.context import IdAssigner, MapContext
 from etl.transform.fhirdata import effective_dates, first_reference_id, observation_value
+from etl.transform.patients import MapNotes
 from etl.vocabulary import UNMAPPED_DOMAIN, CodeMap
 
 REPORT_TYPE = {"imaging_ct": "type_radiology_report", "imaging_mri": "type_radiology_report",
@@ -66,25 +73,85 @@ TRANSFORMS = {
 }
 LOAD_ORDER = tuple(TRANSFORMS)
 SUPPORTED_TYPES = frozenset(LOAD_ORDER)
+ORDER = {resource_type: position for position, resource_type in enumerate(LOAD_ORDER)}
 
 
-def map_staging(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap,
-                show_progress: bool | None = None, run_date: dt.date | None = None) -> MapContext:
-    """Map every staged resource, in load order; returns the rows per table and the new lineage."""
-    ctx = MapContext(codes, IdAssigner(conn, tables["dlm_lineage"]), run_date=run_date or dt.date.today())
-    staging = tables["fhir_resource"]
-    progress = Progress("mapped resources", show_progress)
-    for resource_type in LOAD_ORDER:
-        query = (sa.select(staging.c.resource_json, staging.c.version_id)
-                 .where(staging.c.resource_type == resource_type).order_by(staging.c.resource_id))
-        for text, version in conn.execute(query.execution_options(yield_per=5000)):
-            ctx.ids.version = version
-            TRANSFORMS[resource_type](json.loads(text), ctx)
-            progress.step()
-    ctx.ids.version = None  # rows derived after the pass (periods, episodes) carry no FHIR version
-    progress.done()
+@dataclass
+class MappedPatient:
+    key: str                    # keyed pseudonym (staging patient_key)
+    person_id: int | None       # None when the Patient gave no person row (e.g. no usable birthDate)
+    notes: MapNotes
+
+
+@dataclass
+class MappedBatch:
+    """The rows of a batch of patients, the lineage they added, and what each patient reported."""
+
+    rows: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    patients: list[MappedPatient] = field(default_factory=list)
+    lineage: list[dict] = field(default_factory=list)
+    version_changes: list[dict] = field(default_factory=list)
+    resources: int = 0
+
+
+def map_patient(key: str, resources: list[tuple[str, str | None, str]], codes: CodeMap, ids: IdAssigner,
+                run_date: dt.date) -> MapContext:
+    """Map one patient's staged resources, (type, versionId, JSON) in load order, and link its lesions.
+
+    Every row derived here belongs to this patient: references are followed within the patient only.
+    """
+    ctx = MapContext(codes, ids, run_date=run_date)
+    ids.patient = key
+    for resource_type, version, text in resources:
+        ids.version = version
+        TRANSFORMS[resource_type](json.loads(text), ctx)
+    ids.version = None  # rows derived after the pass (periods, episodes) carry no FHIR version
     facts.finalize(ctx)
     text_facts.finalize(ctx)  # after the structured facts: text is used only where they are missing
     observation_period.build(ctx)
     episode.build(ctx)
     return ctx
+
+
+def map_batch(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, ids: IdAssigner,
+              patient_keys: list[str], run_date: dt.date, progress: Progress | None = None) -> MappedBatch:
+    """Map the staged resources of these patients (a batch: memory is bounded by its size), patient by patient.
+
+    Preconditions: staging (`fhir_resource`) and `dlm_lineage` exist. `ids` is loaded with the batch's lineage
+    here. Returns the batch's rows; nothing is written.
+    """
+    ids.load(patient_keys)
+    staging = tables["fhir_resource"]
+    batch = MappedBatch()
+    query = (sa.select(staging.c.patient_key, staging.c.resource_type, staging.c.resource_id, staging.c.version_id,
+                       staging.c.resource_json)
+             .where(staging.c.patient_key.in_(patient_keys)).order_by(staging.c.patient_key))
+    current: str | None = None
+    resources: list[tuple] = []
+
+    def finish() -> None:
+        resources.sort(key=lambda r: (ORDER[r[0]], r[1]))
+        saved, codes.unmapped = codes.unmapped, Counter()
+        try:
+            ctx = map_patient(current, [(t, v, text) for t, _, v, text in resources], codes, ids, run_date)
+            notes = MapNotes(dict(ctx.warnings), codes.unmapped)
+        finally:
+            codes.unmapped = saved
+        for table, rows in ctx.rows.items():
+            batch.rows[table].extend(rows)
+        batch.patients.append(MappedPatient(current, ctx.persons.get(current), notes))
+        batch.resources += len(resources)
+
+    for key, resource_type, resource_id, version, text in conn.execute(query.execution_options(yield_per=2000)):
+        if key != current:
+            if current is not None:
+                finish()
+            current, resources = key, []
+        if resource_type in ORDER:
+            resources.append((resource_type, resource_id, version, text))
+            if progress:
+                progress.step()
+    if current is not None:
+        finish()
+    batch.lineage, batch.version_changes = ids.new, ids.version_changes
+    return batch

@@ -1,7 +1,9 @@
-"""State shared by the transforms of one mapping run: ids, code map, and indexes between resources.
+"""State shared by the transforms of one patient's mapping: ids, code map, and indexes between resources.
 
-OMOP ids are assigned once per FHIR identity and remembered in `dlm_lineage`, so a re-run gives every
-row the id it had before (idempotent loads) and any OMOP row can be traced back to its resource.
+A MapContext holds one patient (references are followed within the patient only); the IdAssigner holds
+the lineage of one batch of patients. OMOP ids are assigned once per FHIR identity and remembered in
+`dlm_lineage`, so a re-run gives every row the id it had before (idempotent loads) and any OMOP row can
+be traced back to its resource.
 """
 from __future__ import annotations
 
@@ -13,34 +15,63 @@ import sqlalchemy as sa
 
 from etl.vocabulary import CodeMap
 
+LOOKUP_CHUNK = 500  # keys per IN (...) list
+
 
 class IdAssigner:
-    """Stable OMOP ids per (table, FHIR key), remembered in dlm_lineage with the FHIR versionId.
+    """Stable OMOP ids per (table, FHIR key), remembered in dlm_lineage with the FHIR versionId and the patient.
 
-    `version` is the versionId of the resource being mapped; the transforms need not pass it.
+    Only the lineage of the patients being mapped is held (`load`, one batch at a time), so memory does not
+    grow with the registry. `version` and `patient` describe the resource being mapped; the transforms need
+    not pass them. A new id is the table's next free id; with `stride` n and `offset` k (partition k of n
+    mapped concurrently in other transactions) new ids are k modulo n, so concurrent partitions never hand
+    out the same id.
     """
 
-    def __init__(self, conn: sa.Connection, lineage: sa.Table):
+    def __init__(self, conn: sa.Connection, lineage: sa.Table, offset: int = 0, stride: int = 1):
+        if not 0 <= offset < stride:
+            raise ValueError(f"partition {offset} of {stride}: need 0 <= offset < stride")
+        self._conn, self._lineage = conn, lineage
+        self._offset, self._stride = offset, stride
         self._ids: dict[tuple[str, str], int] = {}
         self._versions: dict[tuple[str, str], str | None] = {}
-        self._next: dict[str, int] = defaultdict(lambda: 1)
-        query = sa.select(lineage.c.omop_table, lineage.c.source_key, lineage.c.omop_id, lineage.c.fhir_version_id)
-        for table, key, omop_id, version in conn.execute(query):
-            self._ids[(table, key)] = omop_id
-            self._versions[(table, key)] = version
-            self._next[table] = max(self._next[table], omop_id + 1)
+        self._next: dict[str, int] = {}
         self.version: str | None = None
+        self.patient: str | None = None
         self.new: list[dict] = []
         self.version_changes: list[dict] = []
+
+    def load(self, patient_keys: list[str]) -> None:
+        """Forget the previous batch and read the lineage of these patients."""
+        self._ids.clear()
+        self._versions.clear()
+        self.new, self.version_changes = [], []
+        lineage = self._lineage
+        for start in range(0, len(patient_keys), LOOKUP_CHUNK):
+            query = (sa.select(lineage.c.omop_table, lineage.c.source_key, lineage.c.omop_id, lineage.c.fhir_version_id)
+                     .where(lineage.c.patient_key.in_(patient_keys[start:start + LOOKUP_CHUNK])))
+            for table, key, omop_id, version in self._conn.execute(query):
+                self._ids[(table, key)] = omop_id
+                self._versions[(table, key)] = version
+
+    def _new_id(self, table: str) -> int:
+        if table not in self._next:
+            lineage = self._lineage
+            top = self._conn.execute(sa.select(sa.func.max(lineage.c.omop_id))
+                                     .where(lineage.c.omop_table == table)).scalar() or 0
+            # the first id above every id in use that is `offset` modulo `stride`
+            self._next[table] = top + 1 + (self._offset - top - 1) % self._stride
+        omop_id = self._next[table]
+        self._next[table] += self._stride
+        return omop_id
 
     def id(self, table: str, source_key: str) -> int:
         key = (table, source_key)
         if key not in self._ids:
-            self._ids[key] = self._next[table]
-            self._next[table] += 1
+            self._ids[key] = self._new_id(table)
             self._versions[key] = self.version
             self.new.append({"omop_table": table, "source_key": source_key, "omop_id": self._ids[key],
-                             "fhir_version_id": self.version})
+                             "fhir_version_id": self.version, "patient_key": self.patient})
         elif self._versions[key] != self.version:
             self._versions[key] = self.version
             self.version_changes.append({"t": table, "k": source_key, "v": self.version})
