@@ -82,6 +82,21 @@ def test_report_writes_html_and_pngs(lesions, patients, tmp_path):
     assert f"{100 * lo:.1f}%\u2013{100 * hi:.1f}%" in html
 
 
+def test_report_escapes_input_text_nested_in_the_run_accounting(lesions, patients, tmp_path):
+    """Quarantine reasons, warnings and a server's messages carry text from the input (a hostile resourceType,
+    an OperationOutcome); nested in the run accounting (dict keys, list items) they are escaped too."""
+    results = analyse(lesions, patients)
+    results["run"] = {"resources_read": 3, "loaded": 1, "quarantined": 2, "excluded": 0,
+                      "quarantined_by_reason": {f"resourceType {MALICIOUS} in a file of Observation": 1,
+                                                f"unknown resourceType {MALICIOUS}": 1},
+                      "warnings": {MALICIOUS: 2},
+                      "extract": {"source": "files:x", "server_messages": [MALICIOUS]}}
+    write_report(results, patients, tmp_path / "out")
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in html
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 4
+
+
 def test_report_refuses_patients_that_do_not_match_results(lesions, patients, tmp_path):
     results = analyse(lesions, patients)
     with pytest.raises(ValueError):

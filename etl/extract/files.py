@@ -10,9 +10,12 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from etl.extract.errors import ExtractError
 
 _TYPED_NAME = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)(?:[._-]\d+)*\.ndjson(?:\.gz)?$")
 
@@ -67,21 +70,28 @@ class FileSource:
 
     def _ndjson(self, path: Path, file_type: str | None) -> Iterator[RawRecord]:
         # Lines are decoded one by one so that one non-UTF-8 line is quarantined, not the whole file.
-        with _open_binary(path) as handle:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    yield RawRecord(raw.decode("utf-8"), f"{path.name}:{number}", file_type)
-                except UnicodeDecodeError as exc:
-                    yield RawRecord(raw.decode("utf-8", "replace"), f"{path.name}:{number}",
-                                    f"!not UTF-8: {exc.reason}")
+        number = 0
+        try:
+            with _open_binary(path) as handle:
+                for number, raw in enumerate(handle, start=1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        yield RawRecord(raw.decode("utf-8"), f"{path.name}:{number}", file_type)
+                    except UnicodeDecodeError as exc:
+                        yield RawRecord(raw.decode("utf-8", "replace"), f"{path.name}:{number}",
+                                        f"!not UTF-8: {exc.reason}")
+        except (OSError, EOFError, zlib.error) as exc:
+            # A damaged file (a .gz cut short or not gzip at all): the source is a snapshot, so reading on
+            # would delete every staged resource after the damage. Stop the run; nothing is staged.
+            raise ExtractError(f"{path.name} cannot be read after line {number}: {type(exc).__name__}: {exc}") from exc
 
     def _json(self, path: Path) -> Iterator[RawRecord]:
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            yield RawRecord(path.read_bytes().decode("utf-8", "replace"), path.name, f"!not valid JSON: {exc}")
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, a 4300+ digit number
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            yield RawRecord(path.read_bytes().decode("utf-8", "replace"), path.name, f"!not valid JSON: {reason}")
             return
         if isinstance(document, dict) and document.get("resourceType") == "Bundle":
             for index, entry in enumerate(document.get("entry") or []):
@@ -110,9 +120,10 @@ def _filter(records: Iterable[RawRecord], types, exclude) -> Iterator[RawRecord]
             continue
         try:
             resource_type = json.loads(record.text).get("resourceType")
-        except (json.JSONDecodeError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # ValueError: also an integer of over 4300 digits
             resource_type = None
-        if resource_type is None:
+        if not isinstance(resource_type, str):
+            # Missing or not a type name (a number, a list): parse_record quarantines it in the full pass.
             if types is None:
                 yield record
         elif _selected(resource_type, types, exclude):
