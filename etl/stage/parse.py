@@ -34,6 +34,8 @@ def parse_record(record: RawRecord) -> dict | Rejected:
         resource = json.loads(record.text)
     except json.JSONDecodeError as exc:
         return Rejected(f"not valid JSON: {exc.msg} at char {exc.pos}")
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting too deep
+        return Rejected("not valid JSON: " + ("nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]))
     if not isinstance(resource, dict):
         return Rejected("not a JSON object")
     resource_type = resource.get("resourceType")
