@@ -15,11 +15,11 @@ Rules (cited by tests):
 """
 from __future__ import annotations
 
-import csv
 import datetime as dt
 from functools import cache
 
 import mappings
+from etl.vocabulary import _read_csv as read_mapping_csv
 
 COLUMNS = ("drug_concept_id", "ingredient", "drug_class", "atc_code", "provenance")
 BACKBONES = ("oxaliplatin_and_irinotecan", "oxaliplatin_based", "irinotecan_based", "fluoropyrimidine_only",
@@ -30,19 +30,8 @@ TARGETED_AGENTS = ("anti_vegf", "anti_egfr", "anti_vegf_and_anti_egfr", "none", 
 @cache
 def drug_classes() -> dict[int, str]:
     """drug_concept_id -> class, from mappings/drug_classes.csv (every row needs a provenance)."""
-    path = mappings.DIRECTORY / "drug_classes.csv"
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = set(COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}")
-        rows = list(reader)
-    classes = {}
-    for number, row in enumerate(rows, start=2):
-        if not row["provenance"].strip():
-            raise ValueError(f"{path}:{number}: every mapping row needs a provenance")
-        classes[int(row["drug_concept_id"])] = row["drug_class"].strip()
-    return classes
+    rows = read_mapping_csv(mappings.DIRECTORY / "drug_classes.csv", COLUMNS)
+    return {int(row["drug_concept_id"]): row["drug_class"].strip() for row in rows}
 
 
 def counted_drugs(drugs: list[tuple[dt.date, int]], chemo_start: dt.date | None,
