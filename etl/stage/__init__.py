@@ -6,16 +6,29 @@ A snapshot source (files, a full pull) holds everything, so staged resources it 
 (deleted at the source, or of a patient who left the cohort) are removed. An incremental source (a
 `_lastUpdated` / `_since` pull) holds only changes: patients and the cohort are then what is staged
 plus what arrives, and deletions come only from the source's own list (`source.deleted`).
-The cohort (patients with a liver-metastasis Condition) is found in a first pass over Patients and
-Conditions; the second pass streams everything else. Everything, including the source's new
-watermarks (`dlm_extract_state`), is written in one transaction.
+Everything, including the source's new watermarks (`dlm_extract_state`), is written in one transaction.
+
+Streaming, in bounded memory:
+- The cohort (patients with a liver-metastasis Condition) is found in a first pass over Patients and
+  Conditions. What routing them needs later (identity, hashes, the de-identified JSON: nothing staging
+  would not hold) goes to an unnamed temporary file, read back once the cohort is known; memory keeps
+  only patient ids. The second pass streams everything else.
+- New and changed rows are written in batches of at most `BATCH_ROWS` rows / `BATCH_CHARS` characters of
+  JSON (etl.stage.store: COPY + one upsert on PostgreSQL, executemany on SQLite); deletions and
+  quarantine rows are batched too.
+- What grows with the input is per resource identity, not per body (`_Index`): the staged hash of every
+  staged resource (read at the start, to skip unchanged ones) and whether, with which `lastUpdated`, it
+  was seen in this run (duplicates, and snapshot deletions); about 250 bytes per resource. The validator
+  remembers at most `etl.stage.validate.CACHE_ENTRIES` values.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass
+import sys
+import tempfile
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
@@ -25,30 +38,76 @@ from etl.stage.accounting import Accounting
 from etl.stage.deidentify import deidentified_text, deidentify, patient_of
 from etl.stage.parse import Rejected, parse_record
 from etl.stage.pseudonym import Pseudonymizer
+from etl.stage.store import StagingStore
+from etl.stage.validate import make_validator
 from etl.vocabulary import CodeMap
+
+__all__ = ["Accounting", "Pseudonymizer", "canonical_hash", "load_extract_state", "stage_source"]
 
 COHORT_MEANING = "liver_metastasis"
 FIRST_PASS = {"Patient", "Condition"}
-BATCH = 2000
-
-
-@dataclass
-class _Candidate:
-    record: RawRecord
-    resource: dict
+BATCH_ROWS = 5000              # staging rows per write (also deletions and quarantine rows)
+BATCH_CHARS = 32_000_000       # ... or fewer, when their JSON reaches this many characters
+READ_CHUNK = 5000              # rows per fetch when reading staging
 
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _digest(resource: dict) -> bytes:
+    return hashlib.sha256(_CANONICAL(resource).encode("utf-8", "replace")).digest()
+
+
 def canonical_hash(resource: dict) -> str:
     """Hash of the resource as received, independent of key order and white space."""
-    return _sha(json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+    return _digest(resource).hex()
 
 
 def _last_updated(resource: dict) -> str:
     return str((resource.get("meta") or {}).get("lastUpdated") or "")
+
+
+class _Index:
+    """Per staging key: the hash staged, and the `lastUpdated` of the copy kept if seen in this run.
+
+    One dict for both, the value packed in one bytes object (32-byte digest, then for a key seen in this
+    run a NUL and its lastUpdated): a resource costs its key and one small object.
+    """
+
+    def __init__(self):
+        self._data: dict[tuple[str, str], bytes] = {}
+
+    def load(self, rows) -> None:
+        """(resource_type, resource_id, sha256 hex) of what is staged."""
+        for resource_type, resource_id, sha in rows:
+            self._data[(sys.intern(resource_type), resource_id)] = bytes.fromhex(sha)
+
+    def digest(self, key: tuple[str, str]) -> bytes | None:
+        value = self._data.get(key)
+        return None if value is None else value[:32]
+
+    def seen(self, key: tuple[str, str]) -> str | None:
+        """The lastUpdated of the copy kept ("" if none), or None if the key was not seen in this run."""
+        value = self._data.get(key)
+        return None if value is None or len(value) == 32 else value[33:].decode("utf-8", "surrogatepass")
+
+    def mark(self, key: tuple[str, str], digest: bytes, last_updated: str) -> None:
+        self._data[key] = digest + b"\0" + last_updated.encode("utf-8", "surrogatepass")
+
+    def unseen(self) -> list[tuple[str, str]]:
+        return [key for key, value in self._data.items() if len(value) == 32]
+
+    def is_unseen(self, key: tuple[str, str]) -> bool:
+        value = self._data.get(key)
+        return value is not None and len(value) == 32
+
+    def drop(self, key: tuple[str, str]) -> None:
+        self._data.pop(key, None)
 
 
 class _Stager:
@@ -58,106 +117,157 @@ class _Stager:
         self.supported_types = supported_types
         self.fetched_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         self.staging, self.quarantine_table = tables["fhir_resource"], tables["dlm_quarantine"]
+        self.store = StagingStore.for_connection(conn, self.staging)
         self.acct = Accounting()
         s = self.staging
-        self.existing: dict[tuple[str, str], str] = {
-            (t, i): h for t, i, h in conn.execute(sa.select(s.c.resource_type, s.c.resource_id, s.c.sha256))}
-        self.seen: dict[tuple[str, str], str] = {}   # staging key -> lastUpdated of the copy kept
-        self.inserts: list[dict] = []
+        rows = conn.execute(sa.select(s.c.resource_type, s.c.resource_id, s.c.sha256)
+                            .execution_options(yield_per=READ_CHUNK))
+        self.index = _Index()
+        self.index.load(rows)
+        self.pending: dict[tuple[str, str], dict] = {}   # rows to upsert, by key (a newer copy replaces)
+        self.pending_chars = 0
+        self.quarantine_rows: list[dict] = []
         self.quarantined_patients: set[str] = set()  # pseudonyms of Patients that could not be loaded
         self.progress = Progress("staged resources", show_progress)
 
+    # -- quarantine ------------------------------------------------------------------------------------
     def quarantine(self, record: RawRecord, reason: str, resource_type: str | None) -> None:
+        self._quarantine(record.location, reason, resource_type, _sha(record.text),
+                         deidentified_text(record.text, self.pseudo))
+
+    def _quarantine(self, location: str, reason: str, resource_type: str | None, sha: str,
+                    raw_text: str | None) -> None:
         self.acct.quarantined[reason.split(":")[0]] += 1
-        self.conn.execute(self.quarantine_table.insert(), {
-            "run_id": self.run_id, "location": record.location[:500], "resource_type": resource_type,
-            "reason": reason, "sha256": _sha(record.text), "raw_text": deidentified_text(record.text, self.pseudo)})
+        self.quarantine_rows.append({"run_id": self.run_id, "location": location[:500], "resource_type": resource_type,
+                                     "reason": reason, "sha256": sha, "raw_text": raw_text})
+        if len(self.quarantine_rows) >= BATCH_ROWS:
+            self.flush()
+
+    # -- routing ---------------------------------------------------------------------------------------
+    def _verdict(self, resource_type: str, key: str | None, cohort: set[str], patients: set[str]) -> str | None:
+        """Where a valid resource goes: None to staging, else `excluded:<reason>` or `quarantined:<reason>`."""
+        if resource_type not in self.supported_types:
+            return "excluded:resource type not used by the registry"
+        if key is None:
+            return "excluded:not linked to a patient"
+        if key in self.quarantined_patients:
+            return "quarantined:belongs to a quarantined Patient"
+        if key not in patients:
+            return "quarantined:reference to a patient not in the source"
+        if key not in cohort:
+            return "excluded:patient not in cohort"
+        return None
 
     def route(self, record: RawRecord, resource: dict, patients: set[str], cohort: set[str]) -> None:
         """Stage, exclude or quarantine one valid resource by its type and the patient (pseudonym) it belongs to."""
         owner = patient_of(resource)
         key = self.pseudo.patient(owner) if owner else None
-        if resource["resourceType"] not in self.supported_types:
-            self.acct.excluded["resource type not used by the registry"] += 1
-        elif key is None:
-            self.acct.excluded["not linked to a patient"] += 1
-        elif key in self.quarantined_patients:
-            self.quarantine(record, "belongs to a quarantined Patient", resource["resourceType"])
-        elif key not in patients:
-            self.quarantine(record, "reference to a patient not in the source", resource["resourceType"])
-        elif key not in cohort:
-            self.acct.excluded["patient not in cohort"] += 1
+        verdict = self._verdict(resource["resourceType"], key, cohort, patients)
+        if verdict is None:
+            self.stage(resource, key)
+        elif verdict.startswith("excluded:"):
+            self.acct.excluded[verdict[9:]] += 1
         else:
-            self.stage(resource)
+            self.quarantine(record, verdict[12:], resource["resourceType"])
 
-    def stage(self, resource: dict) -> None:
+    def route_spooled(self, item: list, patients: set[str], cohort: set[str]) -> None:
+        """`route` for a first-pass resource read back from the spool (see `spool_item`)."""
+        location, resource_type, resource_id, owner_key, last_updated, version_id, digest, raw_sha, clean = item
+        verdict = self._verdict(resource_type, owner_key, cohort, patients)
+        if verdict is None:
+            meta = {"versionId": version_id, "lastUpdated": last_updated or None}
+            self._stage((sys.intern(resource_type), resource_id), last_updated, bytes.fromhex(digest),
+                        lambda: self._row((resource_type, resource_id), meta, owner_key, digest, clean))
+        elif verdict.startswith("excluded:"):
+            self.acct.excluded[verdict[9:]] += 1
+        else:  # the quarantined text is de-identified like staging: the staged JSON, as deidentified_text writes it
+            self._quarantine(location, verdict[12:], resource_type, raw_sha,
+                             json.dumps(json.loads(clean), ensure_ascii=False))
+
+    def spool_item(self, record: RawRecord, resource: dict) -> list:
+        owner = patient_of(resource)
+        resource_type = resource["resourceType"]
         clean = deidentify(resource, self.pseudo)
-        key = (resource["resourceType"], clean["id"])
-        duplicate = key in self.seen
+        meta = resource.get("meta") or {}
+        return [record.location, resource_type, clean["id"], self.pseudo.patient(owner) if owner else None,
+                _last_updated(resource), meta.get("versionId"), _digest(resource).hex(), _sha(record.text),
+                _COMPACT(clean)]
+
+    # -- staging ---------------------------------------------------------------------------------------
+    def stage(self, resource: dict, owner_key: str | None) -> None:
+        resource_type = resource["resourceType"]
+        key = (sys.intern(resource_type),
+               self.pseudo.patient(resource["id"]) if resource_type == "Patient" else resource["id"])
+        digest = _digest(resource)
+        self._stage(key, _last_updated(resource), digest,
+                    lambda: self._row(key, resource.get("meta") or {}, owner_key, digest.hex(),
+                                      _COMPACT(deidentify(resource, self.pseudo))))
+
+    def _row(self, key: tuple[str, str], meta: dict, owner_key: str | None, digest: str, resource_json: str) -> dict:
+        return {"resource_type": key[0], "resource_id": key[1], "version_id": meta.get("versionId"),
+                "last_updated": meta.get("lastUpdated"), "patient_key": owner_key, "sha256": digest,
+                "source": self.source, "fetched_at": self.fetched_at, "resource_json": resource_json}
+
+    def _stage(self, key: tuple[str, str], last_updated: str, digest: bytes, make_row: Callable[[], dict]) -> None:
+        kept = self.index.seen(key)
+        duplicate = kept is not None
         if duplicate:
             # Same identity twice in one input: the later copy wins only if it says it is newer.
             self.acct.excluded["duplicate resource id"] += 1
-            if _last_updated(resource) <= self.seen[key]:
+            if last_updated <= kept:
                 return
         else:
             self.acct.loaded += 1
             self.progress.step()
-        self.seen[key] = _last_updated(resource)
-        digest = canonical_hash(resource)
-        previous = self.existing.get(key)
+        previous = self.index.digest(key)
         if previous == digest:
+            self.index.mark(key, digest, last_updated)
             self.acct.changes["unchanged"] += 1
             return
-        owner = patient_of(resource)
-        meta = resource.get("meta") or {}
-        row = {
-            "resource_type": key[0], "resource_id": key[1], "version_id": meta.get("versionId"),
-            "last_updated": meta.get("lastUpdated"), "patient_key": self.pseudo.patient(owner) if owner else None,
-            "sha256": digest, "source": self.source, "fetched_at": self.fetched_at,
-            "resource_json": json.dumps(clean, separators=(",", ":"), ensure_ascii=False),
-        }
-        self.existing[key] = digest
-        if previous is None and not duplicate:
-            self.acct.changes["new"] += 1
-            self.inserts.append(row)
-            if len(self.inserts) >= BATCH:
-                self.flush()
-            return
-        self.flush()  # the row to update may still be waiting in the insert batch
+        self.index.mark(key, digest, last_updated)
         if not duplicate:
-            self.acct.changes["changed"] += 1
-        s = self.staging
-        self.conn.execute(s.update().where(s.c.resource_type == key[0], s.c.resource_id == key[1]), row)
+            self.acct.changes["new" if previous is None else "changed"] += 1
+        row = make_row()   # de-identified and serialised only when it is written
+        self.pending[key] = row
+        self.pending_chars += len(row["resource_json"])
+        if len(self.pending) >= BATCH_ROWS or self.pending_chars >= BATCH_CHARS:
+            self.flush()
 
     def flush(self) -> None:
-        if self.inserts:
-            self.conn.execute(self.staging.insert(), self.inserts)
-            self.inserts = []
+        if self.pending:
+            self.store.upsert(list(self.pending.values()))
+            self.pending, self.pending_chars = {}, 0
+        if self.quarantine_rows:
+            self.conn.execute(self.quarantine_table.insert(), self.quarantine_rows)
+            self.quarantine_rows = []
 
+    # -- deletions -------------------------------------------------------------------------------------
     def remove_unseen(self) -> None:
         """The source is a full snapshot: staged resources it no longer has are deleted."""
         self.flush()
-        self._delete([key for key in self.existing if key not in self.seen])
+        self._delete(self.index.unseen())
 
     def remove_deleted(self, deleted: list[tuple[str, str]]) -> None:
         """Deletions the source reported (e.g. Bulk Data `deleted`), by FHIR type and id."""
         self.flush()
-        keys = [(t, self.pseudo.patient(i) if t == "Patient" else i) for t, i in deleted]
-        self._delete([key for key in keys if key in self.existing and key not in self.seen])
+        keys = {(t, self.pseudo.patient(i) if t == "Patient" else i) for t, i in deleted}
+        self._delete(sorted(key for key in keys if self.index.is_unseen(key)))
 
     def _delete(self, keys: list[tuple[str, str]]) -> None:
-        s = self.staging
-        for resource_type, resource_id in keys:
-            self.conn.execute(s.delete().where(s.c.resource_type == resource_type, s.c.resource_id == resource_id))
-            self.existing.pop((resource_type, resource_id), None)
+        for start in range(0, len(keys), BATCH_ROWS):
+            self.store.delete(keys[start:start + BATCH_ROWS])
+        for key in keys:
+            self.index.drop(key)
         self.acct.changes["deleted"] += len(keys)
 
     def staged_cohort(self, codes: CodeMap) -> tuple[set[str], set[str]]:
         """Patients (pseudonyms) already staged, and those of them with a liver-metastasis Condition."""
         s = self.staging
-        patients = {i for (i,) in self.conn.execute(sa.select(s.c.resource_id).where(s.c.resource_type == "Patient"))}
+        patients = {i for (i,) in self.conn.execute(sa.select(s.c.resource_id).where(s.c.resource_type == "Patient")
+                                                    .execution_options(yield_per=READ_CHUNK))}
         cohort = set()
-        for (text,) in self.conn.execute(sa.select(s.c.resource_json).where(s.c.resource_type == "Condition")):
+        conditions = sa.select(s.c.resource_json).where(s.c.resource_type == "Condition")
+        for (text,) in self.conn.execute(conditions.execution_options(yield_per=READ_CHUNK)):
             condition = json.loads(text)
             if codes.meaning(condition.get("code")) == COHORT_MEANING:
                 cohort.add(patient_of(condition))
@@ -179,44 +289,58 @@ def _save_extract_state(conn: sa.Connection, table: sa.Table, source_key: str, s
 
 def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: CodeMap,
                  pseudo: Pseudonymizer, run_id: str, supported_types: frozenset[str],
-                 show_progress: bool | None = None) -> Accounting:
+                 show_progress: bool | None = None, validation: str | None = None) -> Accounting:
     """Upsert the cohort's resources from `source` (any etl.extract source) into staging; returns the accounting.
 
     Resource types the registry does not map (`supported_types`) are excluded, not stored
-    (minimum necessary).
+    (minimum necessary). `validation`: `elements` (default) or `model` (etl.stage.validate; default from
+    `DLMREG_FHIR_VALIDATION`).
     """
     snapshot = getattr(source, "is_snapshot", True)
-    with engine.begin() as conn:
+    validator = make_validator(validation)
+    with engine.begin() as conn, tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogatepass") as spool:
         # A repeated stage of the same run (a retried task) must not list its quarantine twice.
         conn.execute(tables["dlm_quarantine"].delete().where(tables["dlm_quarantine"].c.run_id == run_id))
         stager = _Stager(conn, tables, pseudo, run_id, source.describe(), supported_types, show_progress)
-        patients: dict[str, _Candidate] = {}
-        conditions: list[_Candidate] = []
+        # Pass 1: Patients and Conditions, to find the cohort. Only ids stay in memory; the rest is spooled.
+        winners: dict[str, tuple[int, str]] = {}   # Patient id -> (spool line of the copy kept, its lastUpdated)
+        cohort_ids: set[str] = set()               # FHIR ids of patients with a liver-metastasis Condition
+        spooled = 0
         for record in source.records(types=FIRST_PASS):
-            parsed = parse_record(record)
+            parsed = parse_record(record, validator)
             if isinstance(parsed, Rejected):
                 stager.quarantine(record, parsed.reason, parsed.resource_type)
-            elif parsed["resourceType"] == "Patient" and not parsed.get("birthDate"):
+                continue
+            if parsed["resourceType"] == "Patient" and not parsed.get("birthDate"):
                 stager.quarantine(record, "Patient without birthDate: OMOP person needs year_of_birth", "Patient")
                 stager.quarantined_patients.add(pseudo.patient(parsed["id"]))
-            elif parsed["resourceType"] == "Patient":
-                if parsed["id"] in patients:
+                continue
+            if parsed["resourceType"] == "Patient":
+                if parsed["id"] in winners:
                     # Keep the newer copy of a Patient seen twice; the other is a counted duplicate.
                     stager.acct.excluded["duplicate resource id"] += 1
-                    if _last_updated(parsed) <= _last_updated(patients[parsed["id"]].resource):
+                    if _last_updated(parsed) <= winners[parsed["id"]][1]:
                         continue
-                patients[parsed["id"]] = _Candidate(record, parsed)
-            else:
-                conditions.append(_Candidate(record, parsed))
+                winners[parsed["id"]] = (spooled, _last_updated(parsed))
+            elif codes.meaning(parsed.get("code")) == COHORT_MEANING and patient_of(parsed):
+                cohort_ids.add(patient_of(parsed))
+            spool.write(json.dumps(stager.spool_item(record, parsed), ensure_ascii=False) + "\n")
+            spooled += 1
         known, cohort = (set(), set()) if snapshot else stager.staged_cohort(codes)
-        known |= {pseudo.patient(pid) for pid in patients}
-        cohort |= {pseudo.patient(patient_of(c.resource)) for c in conditions
-                   if codes.meaning(c.resource.get("code")) == COHORT_MEANING and patient_of(c.resource)}
+        known |= {pseudo.patient(pid) for pid in winners}
+        cohort |= {pseudo.patient(pid) for pid in cohort_ids}
         cohort &= known
-        for candidate in [*patients.values(), *conditions]:
-            stager.route(candidate.record, candidate.resource, known, cohort)
+        kept = {line for line, _ in winners.values()}
+        del winners, cohort_ids
+        spool.seek(0)
+        for line, text in enumerate(spool):
+            item = json.loads(text)
+            if item[1] == "Patient" and line not in kept:
+                continue   # an older copy of a Patient, already counted as a duplicate
+            stager.route_spooled(item, known, cohort)
+        # Pass 2: everything else, streamed.
         for record in source.records(exclude=FIRST_PASS):
-            parsed = parse_record(record)
+            parsed = parse_record(record, validator)
             if isinstance(parsed, Rejected):
                 stager.quarantine(record, parsed.reason, parsed.resource_type)
             else:
@@ -225,6 +349,7 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: 
             stager.remove_unseen()
         stager.remove_deleted(list(getattr(source, "deleted", [])))
         stager.flush()
+        stager.store.close()
         if hasattr(source, "new_state") and not getattr(source, "incomplete", None):
             _save_extract_state(conn, tables["dlm_extract_state"], source.describe(), source.new_state())
         stager.progress.done()
