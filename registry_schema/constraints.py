@@ -64,19 +64,29 @@ def index_columns(tables: dict[str, sa.Table]) -> list[tuple[str, str]]:
     return wanted
 
 
+def create_indexes(conn: sa.Connection, tables: dict[str, sa.Table]) -> int:
+    """Create the missing indexes of `index_columns` in the caller's transaction; returns how many.
+
+    The load calls this after its bulk inserts and before the audit, whose per-person checks need them."""
+    inspector = sa.inspect(conn)
+    created = 0
+    for name, column in index_columns(tables):
+        table = tables[name]
+        existing = {i["name"] for i in inspector.get_indexes(name, schema=table.schema)}
+        index_name = f"idx_{name}_{column}"[:63]
+        if index_name not in existing:
+            sa.Index(index_name, table.c[column]).create(conn)
+            created += 1
+    return created
+
+
 def apply_constraints(engine: sa.Engine, schemas: SchemaNames, tables: dict[str, sa.Table],
                       with_vocabulary: bool = False) -> dict[str, int]:
     """Create missing indexes (and, on PostgreSQL, foreign keys). Idempotent; returns what it created."""
     created = {"indexes": 0, "foreign_keys": 0}
     inspector = sa.inspect(engine)
     with engine.begin() as conn:
-        for name, column in index_columns(tables):
-            table = tables[name]
-            existing = {i["name"] for i in inspector.get_indexes(name, schema=table.schema)}
-            index_name = f"idx_{name}_{column}"[:63]
-            if index_name not in existing:
-                sa.Index(index_name, table.c[column]).create(conn)
-                created["indexes"] += 1
+        created["indexes"] = create_indexes(conn, tables)
         if engine.dialect.name != "postgresql":
             log.info("%s cannot add foreign keys to existing tables; the quality checks verify them",
                      engine.dialect.name)
