@@ -172,6 +172,8 @@ def observe(res: dict[str, list[dict]]) -> tuple[dict, dict]:
             "patient": pid, "strategy": strategy,
             "rfs_months": ((min(events) if events else last) - t0).days / MONTH, "rfs_event": bool(events),
             "os_months": ((death or last) - t0).days / MONTH, "os_event": death is not None,
+            "chemo_drugs": sorted({r["medicationCodeableConcept"]["text"] for r in items
+                                   if r["resourceType"] == "MedicationAdministration"}),
         }
     return lesions, patients
 

@@ -4,7 +4,7 @@
 |---|---|---|---|
 | T1 | dlm_lesion | the patient's first imaging report with visible lesions | only for a patient without lesion BodyStructures: one lesion per visible mention (segment, then order within the segment) |
 | T2 | (which lesion) | a mention's segment, number and order | a mention whose line numbers the lesion ("Lesion 3, segment V", "#3 S5", "病変3") goes to the lesion of that segment the baseline report gave that number; otherwise to the first lesion of the segment not yet linked in this report (per finding family). Mentions once every lesion of the segment is linked repeat them (e.g. the conclusion) or, with another finding, are counted as unlinked. Several BodyStructure lesions in one segment have no known order: such mentions are not linked (counted) |
-| T3 | dlm_lesion_assessment | imaging (CT, MRI), operative (IOUS) and pathology mentions | date = the note's date; IOUS is contrast-enhanced (ce_ious) when the note says so; size from the mention |
+| T3 | dlm_lesion_assessment | imaging (CT, MRI), operative (IOUS) and pathology mentions | date = the note's date; IOUS is contrast-enhanced (ce_ious) when the note says so; size from the mention; an MRI's mri_protocol_met from the technique the report states (etl.nlp.technique, rules K1-K3: true only when DWI and hepatobiliary phase were both done, unknown when neither is said) |
 | T4 | dlm_lesion_handling | operative mentions resected / ablated / left_in_place | surgery date = the note's date |
 | T5 | dlm_text_comparison (structured wins) | a structured fact of the same lesion, modality and date (handling: same lesion) | the text fact is not used; the pair is recorded, and a disagreement fails the warning check DLM13 |
 """
@@ -15,6 +15,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
+from etl.nlp.technique import mri_technique, protocol_met
 from etl.transform.context import MapContext
 
 MODALITY_OF_MEANING = {"imaging_ct": "ct", "imaging_mri": "mri", "pathology_report": "pathology"}
@@ -30,7 +31,8 @@ _CONTRAST = re.compile(r"contrast|CE-IOUS|Sonazoid|ソナゾイド|造影", re.I
 @dataclass
 class TextNote:
     """What linking needs of one note: its mentions with the lesion number written before each, and
-    whether it names contrast-enhanced IOUS (read once, so the note's text need not be kept)."""
+    whether it names contrast-enhanced IOUS, and for an MRI report whether DREAM's protocol was met (read once,
+    so the note's text need not be kept)."""
     person_id: int
     key: str
     date: dt.date
@@ -38,11 +40,13 @@ class TextNote:
     mentions: list
     numbers: list[int | None]
     contrast: bool
+    mri_protocol_met: bool | None = None
 
     @classmethod
     def read(cls, person_id: int, key: str, date: dt.date, meaning: str | None, text: str, mentions: list) -> TextNote:
+        protocol = protocol_met(mri_technique(text)) if MODALITY_OF_MEANING.get(meaning or "") == "mri" else None
         return cls(person_id, key, date, meaning, mentions, [lesion_number(text, m.offset) for m in mentions],
-                   bool(_CONTRAST.search(text)))
+                   bool(_CONTRAST.search(text)), protocol)
 
 
 def finalize(ctx: MapContext) -> None:
@@ -154,7 +158,8 @@ def _record(ctx: MapContext, note: TextNote, index: int, mention, family: str, l
         "assessment_id": ctx.ids.id("dlm_lesion_assessment", key), "lesion_id": lesion_id,
         "person_id": note.person_id, "assessment_date": note.date, "modality": modality,
         "finding": mention.finding, "size_mm": mention.size_mm if mention.finding == "visible" else None,
-        "mri_protocol_met": None, "procedure_occurrence_id": None, "source_key": key})
+        "mri_protocol_met": note.mri_protocol_met if modality == "mri" else None,
+        "procedure_occurrence_id": None, "source_key": key})
 
 
 def _compare(ctx: MapContext, key: str, note: TextNote, lesion_id: int, fact: str, when: dt.date,
