@@ -12,7 +12,11 @@ Three DAGs for every site in the sites file (`DLMREG_SITES_FILE`, default `confi
      backoff;
   3. `stage`, one transaction that also saves the site's watermarks;
   4. `load_and_audit` (write-audit-publish: a failed critical check fails the run and publishes
-     nothing);
+     nothing); or, for a site with `map_partitions: N` > 1 (scale-out, PostgreSQL only), `map_partition`,
+     N mapped tasks each mapping one range of patient keys and committing it (run at once by as many
+     workers as are free, e.g. the CeleryExecutor profile), then `audit_partitions`, the checks on the
+     committed registry (a failed critical check fails the run and publishes nothing, but the partitions'
+     rows stay);
   5. `publish`, which records the run and updates the registry's Asset.
 
   The `record_failure` teardown records a failed run in `dlm_run` with the failing task's one-line reason.
@@ -116,6 +120,32 @@ def etl_dag(site: Site, full: bool):
             except RunFailed as exc:  # the one-line reason; no retry (the data, not the machine, is wrong)
                 raise AirflowFailException(str(exc)) from exc
 
+    @task(retries=1, execution_timeout=timedelta(hours=2))
+    def map_partition(settings: dict, staged: dict, part: int) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from etl.pipeline import RunFailed
+        from etl.scheduled import map_partition as map_one
+
+        with _reason_kept():
+            try:
+                return map_one(settings, _registry(site), part)
+            except RunFailed as exc:  # a registry that cannot take partitions: retrying will not help
+                raise AirflowFailException(str(exc)) from exc
+
+    @task(retries=0, execution_timeout=timedelta(hours=2))
+    def audit_partitions(settings: dict, mapped: list[dict]) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from etl.pipeline import RunFailed
+        from etl.scheduled import audit_partitions as audit
+
+        with _reason_kept():
+            try:
+                return audit(settings, _registry(site), [mapped[i] for i in range(len(mapped))])
+            except RunFailed as exc:
+                raise AirflowFailException(str(exc)) from exc
+
     @task(outlets=[registry_asset(site)], execution_timeout=timedelta(minutes=10))
     def publish(settings: dict, staged: dict, audited: dict) -> str:
         from etl.scheduled import finish
@@ -130,7 +160,8 @@ def etl_dag(site: Site, full: bool):
         if ti.xcom_pull(task_ids="publish") is not None:
             return None
         staged = ti.xcom_pull(task_ids="stage")
-        reasons = ti.xcom_pull(task_ids=["extract", "stage", "load_and_audit"], key="failure") or []
+        reasons = ti.xcom_pull(task_ids=["extract", "stage", "load_and_audit", "map_partition", "audit_partitions"],
+                               key="failure") or []
         reasons = [r for r in (reasons if isinstance(reasons, list) else [reasons]) if r]
         return finish(settings, _registry(site), staged, published=False,
                       message="; ".join(dict.fromkeys(reasons)) or "failed before publication (see the task logs)")
@@ -145,7 +176,13 @@ def etl_dag(site: Site, full: bool):
         settings = plan()
         extracts = extract.partial(settings=settings).expand(resource_type=resource_types(settings))
         staged = stage(settings, extracts)
-        published = publish(settings, staged, load_and_audit(settings, staged))
+        if site.map_partitions > 1:
+            mapped = map_partition.partial(settings=settings, staged=staged).expand(
+                part=list(range(site.map_partitions)))
+            audited = audit_partitions(settings, mapped)
+        else:
+            audited = load_and_audit(settings, staged)
+        published = publish(settings, staged, audited)
         published >> record_failure(settings).as_teardown()
 
     return pipeline()

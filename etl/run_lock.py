@@ -4,6 +4,10 @@ Why: two runs staging and loading the same registry at once would interleave the
 (and their watermarks). PostgreSQL gets a session-level advisory lock; SQLite an exclusive `flock` on a
 file next to the database. Both are released by the operating system or the server when the process
 dies (kill -9 included), so a crashed run never leaves a stale lock behind.
+
+The partitions of one scale-out run (etl.pipeline.map_partition, separate processes) write disjoint
+patients at once: each holds the lock shared, which excludes every whole run (exclusive) but not its
+sibling partitions.
 """
 from __future__ import annotations
 
@@ -26,13 +30,15 @@ class RegistryBusy(RuntimeError):
 
 
 @contextmanager
-def registry_lock(url: str) -> Iterator[None]:
-    """Hold the registry's writer lock; raise RegistryBusy at once when another process holds it."""
+def registry_lock(url: str, shared: bool = False) -> Iterator[None]:
+    """Hold the registry's writer lock (`shared`: a partition's); raise RegistryBusy at once when another
+    process holds it in a mode that excludes this one."""
     engine = sa.create_engine(url)
+    suffix = "_shared" if shared else ""
     try:
         if engine.dialect.name == "postgresql":
             with engine.connect() as conn:
-                if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar():
+                if not conn.execute(sa.text(f"SELECT pg_try_advisory_lock{suffix}(:k)"), {"k": LOCK_KEY}).scalar():
                     raise RegistryBusy("another run is writing to this registry (PostgreSQL advisory lock held); "
                                        "try again when it has finished")
                 conn.commit()
@@ -40,7 +46,7 @@ def registry_lock(url: str) -> Iterator[None]:
                     yield
                 finally:
                     try:
-                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+                        conn.execute(sa.text(f"SELECT pg_advisory_unlock{suffix}(:k)"), {"k": LOCK_KEY})
                         conn.commit()
                     except sa.exc.DBAPIError:
                         # the session is gone (database restarted or connection dropped): so is its lock
@@ -50,7 +56,7 @@ def registry_lock(url: str) -> Iterator[None]:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as handle:
                 try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise RegistryBusy(f"another run is writing to this registry ({path.name} is locked); "
                                        "try again when it has finished") from None

@@ -19,7 +19,7 @@ from etl.extract.window import WindowSource, extract_type
 from etl.registry import open_registry
 from etl.run_lock import registry_lock
 from etl.stage import Pseudonymizer, stage_source
-from etl.tasks import load_audit_task
+from etl.tasks import audit_partitions_task, load_audit_task, map_partition_task
 from etl.transform import SUPPORTED_TYPES
 from etl.vocabulary import load_code_map
 
@@ -44,7 +44,7 @@ def plan_run(site: dict, orchestrator_run_id: str, interval_start: str | None, i
         "started_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(),
         "work_dir": os.path.join(site["out_dir"], "extract", run_id), "out_dir": site["out_dir"],
         "page_size": site["page_size"], "overlap_seconds": site["overlap_seconds"],
-        "followup_window_months": site["followup_window_months"],
+        "followup_window_months": site["followup_window_months"], "map_partitions": site.get("map_partitions", 1),
         "label": f"site {site['id']} " + ("full refresh" if full else f"{interval_start} .. {interval_end}"),
     }
 
@@ -74,6 +74,18 @@ def load_and_audit(plan: dict, registry: str, mapping_dirs: list[str] = ()) -> d
     """Write-audit-publish; raises pipeline.RunFailed naming the failed critical checks."""
     return load_audit_task(plan["run_id"], plan["label"], registry, plan["today"], plan["followup_window_months"],
                            mapping_dirs, out_dir=plan["out_dir"])
+
+
+def map_partition(plan: dict, registry: str, part: int, mapping_dirs: list[str] = ()) -> dict:
+    """One patient-key partition of the run's mapping (plan["map_partitions"] of them), committed."""
+    return map_partition_task(plan["run_id"], registry, part, plan["map_partitions"], plan["today"],
+                              plan["followup_window_months"], mapping_dirs)
+
+
+def audit_partitions(plan: dict, registry: str, mapped: list[dict], mapping_dirs: list[str] = ()) -> dict:
+    """The checks once every partition committed; raises pipeline.RunFailed naming failed critical checks."""
+    return audit_partitions_task(plan["run_id"], plan["label"], registry, plan["today"], mapped, mapping_dirs,
+                                 out_dir=plan["out_dir"])
 
 
 def finish(plan: dict, registry: str, staged: dict | None, published: bool, message: str | None = None) -> str:

@@ -18,6 +18,7 @@ ids are unique only within one server, so two sites may not share a registry con
         page_size: 200
         overlap_seconds: 300            # re-read this much before each interval (late commits)
         out_dir: /opt/dlmreg/out/hospital_a
+        map_partitions: 1               # > 1: map patient-key ranges as parallel tasks (PostgreSQL only)
 """
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ DEFAULT_SITES_FILE = Path(__file__).resolve().parents[1] / "config" / "sites.yam
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _FIELDS = {"id", "schedule", "start_date", "resource_types", "fhir_conn_id", "registry_conn_id", "pool",
-           "pool_slots", "page_size", "overlap_seconds", "out_dir", "followup_window_months"}
+           "pool_slots", "page_size", "overlap_seconds", "out_dir", "followup_window_months",
+           "map_partitions"}
+MAX_PARTITIONS = 64
 
 
 class SiteConfigError(ValueError):
@@ -52,6 +55,7 @@ class Site:
     overlap_seconds: float = 300.0
     out_dir: str = ""
     followup_window_months: float = 24.0
+    map_partitions: int = 1
 
 
 def sites_file() -> Path:
@@ -112,9 +116,16 @@ def _site(entry, index: int, path: Path) -> Site:
             page_size=int(entry.get("page_size", 200)), overlap_seconds=float(entry.get("overlap_seconds", 300)),
             out_dir=str(entry.get("out_dir") or os.path.join(os.environ.get("DLMREG_OUT_DIR", "/tmp/dlmreg-out"),
                                                              site_id)),
-            followup_window_months=float(entry.get("followup_window_months", 24)))
+            followup_window_months=float(entry.get("followup_window_months", 24)),
+            map_partitions=_partitions(entry.get("map_partitions", 1)))
     except (TypeError, ValueError) as exc:
         raise SiteConfigError(f"{where} ({site_id}): {exc}") from None
+
+
+def _partitions(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARTITIONS:
+        raise ValueError(f"map_partitions must be a whole number from 1 to {MAX_PARTITIONS} (got {value!r})")
+    return value
 
 
 def pools(sites: list[Site]) -> dict:

@@ -81,6 +81,43 @@ def load_audit_task(run_id: str, source: str, registry_url: str, today: str, win
             "unmapped_codes": len(mapped["unmapped_codes"]), **audit}
 
 
+def map_partition_task(run_id: str, registry_url: str, part: int, parts: int, today: str,
+                       window_months: float = 24.0, mapping_dirs: list[str] = ()) -> dict:
+    """Scale-out: map, load and derive partition `part` of `parts` and commit it (pipeline.map_partition).
+
+    Sibling partitions run at once (each holds the registry lock shared); a whole run waits for none of
+    them but is refused (RegistryBusy) while any is writing. Needs PostgreSQL when `parts` > 1: SQLite takes
+    one writer at a time. Returns load_patients' counts.
+    """
+    registry = open_registry(registry_url)
+    if parts > 1 and registry.engine.dialect.name != "postgresql":
+        raise pipeline.RunFailed(f"partitioned mapping ({parts} partitions) needs a PostgreSQL registry; "
+                                 f"{registry.engine.dialect.name} takes one writer at a time: use map_partitions: 1")
+    with registry_lock(registry_url, shared=True):
+        return pipeline.map_partition(registry, load_code_map(map(Path, mapping_dirs)), run_id, part, parts,
+                                      window_months, dt.date.fromisoformat(today))
+
+
+def audit_partitions_task(run_id: str, source: str, registry_url: str, today: str, mapped: list[dict],
+                          mapping_dirs: list[str] = (), out_dir: str | None = None) -> dict:
+    """After every partition of a run committed: global tables and the quality checks (pipeline.audit_partitions).
+
+    Returns what load_audit_task returns, plus `map` (the partitions' counts summed). Raises RunFailed when a
+    critical check fails: nothing is analysed or published, but the partitions' rows stay committed.
+    """
+    with registry_lock(registry_url):
+        registry = open_registry(registry_url)
+        audited = pipeline.audit_partitions(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
+                                            dt.date.fromisoformat(today),
+                                            data_docs_dir=Path(out_dir) / pipeline.DATA_DOCS if out_dir else None)
+    audit = {"quality": audited["quality"], "lesion_flow": audited["lesion_flow"]}
+    if not audited["quality"]["publishable"]:
+        raise pipeline.critical_failure(audited["quality"], audit)
+    total = {k: sum(m[k] for m in mapped) for k in ("patients", "mapped", "removed", "resources")}
+    return {"rows": audited["rows"], "lesion_groups": audited["lesion_groups"], "warnings": audited["warnings"],
+            "unmapped_codes": len(audited["unmapped_codes"]), "map": {"partitions": len(mapped), **total}, **audit}
+
+
 def publish_task(run_id: str, registry_url: str, out_dir: str, run_info: dict, quality: dict) -> str:
     """Analyse the published registry and write results.json, report.html and plots; returns the results path."""
     registry = open_registry(registry_url)

@@ -15,8 +15,14 @@ from etl.cli import EXIT_REGISTRY_BUSY, main
 from etl.run_lock import RegistryBusy, registry_lock
 from tests.conftest import REPO
 
-HOLD = ("import sys, time; from etl.run_lock import registry_lock\n"
-        "with registry_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n")
+# Holds the lock for 10 minutes; retries for 10 s while a killed holder's session is still ending.
+HOLD = ("import sys, time; from etl.run_lock import RegistryBusy, registry_lock\n"
+        "for attempt in range(50):\n"
+        "    try:\n"
+        "        with registry_lock(sys.argv[1], shared=sys.argv[2] == 'shared'):\n"
+        "            print('held', flush=True); time.sleep(600)\n"
+        "    except RegistryBusy:\n"
+        "        time.sleep(0.2)\n")
 
 
 def _runs(url: str) -> int:
@@ -33,8 +39,8 @@ def _runs(url: str) -> int:
         engine.dispose()
 
 
-def _holder(url: str) -> subprocess.Popen:
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, url], stdout=subprocess.PIPE, text=True,
+def _holder(url: str, mode: str = "exclusive") -> subprocess.Popen:
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, url, mode], stdout=subprocess.PIPE, text=True,
                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert holder.stdout.readline().strip() == "held"
     return holder
@@ -79,3 +85,24 @@ def test_the_lock_is_reentrant_across_sequential_runs_in_one_process(registry_ur
     for _ in range(2):
         with registry_lock(registry_url):
             pass
+
+
+def test_partitions_share_the_lock_and_exclude_whole_runs(registry_url):
+    """A scale-out partition holds the lock shared: its siblings may write, a whole run may not (and the
+    partitions may not start while a whole run writes)."""
+    partition = _holder(registry_url, "shared")
+    try:
+        with registry_lock(registry_url, shared=True):   # a sibling partition
+            pass
+        with pytest.raises(RegistryBusy), registry_lock(registry_url):
+            pass
+    finally:
+        partition.kill()
+        partition.wait()
+    whole = _holder(registry_url)
+    try:
+        with pytest.raises(RegistryBusy), registry_lock(registry_url, shared=True):
+            pass
+    finally:
+        whole.kill()
+        whole.wait()

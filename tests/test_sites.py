@@ -26,9 +26,10 @@ def test_sites_file_defaults_and_pools(tmp_path):
 sites:
   - {id: site_a, start_date: "2026-01-01", registry_conn_id: reg_a}
   - {id: site_b, start_date: "2026-02-01", schedule: "0 3 * * *", registry_conn_id: reg_b,
-     resource_types: [Patient, Condition], pool_slots: 2}
+     resource_types: [Patient, Condition], pool_slots: 2, map_partitions: 4}
 """))
     a, b = sites
+    assert (a.map_partitions, b.map_partitions) == (1, 4)
     assert (a.fhir_conn_id, a.pool, a.schedule, a.resource_types) == ("fhir_site_a", "fhir_site_a", "@daily", ())
     assert (b.schedule, b.resource_types, b.pool_slots) == ("0 3 * * *", ("Patient", "Condition"), 2)
     assert pools(sites)["fhir_site_b"]["slots"] == 2
@@ -42,6 +43,9 @@ sites:
     ("sites:\n  - {id: a, start_date: '2026-01-01', resource_types: [patient]}", "not FHIR resource type"),
     ("sites:\n  - {id: a, start_date: '2026-01-01'}\n  - {id: b, start_date: '2026-01-01'}", "own registry"),
     ("sites: [", "not valid YAML"),
+    ("sites:\n  - {id: a, start_date: '2026-01-01', map_partitions: 0}", "map_partitions must be"),
+    ("sites:\n  - {id: a, start_date: '2026-01-01', map_partitions: 2.5}", "map_partitions must be"),
+    ("sites:\n  - {id: a, start_date: '2026-01-01', map_partitions: 65}", "from 1 to 64"),
 ])
 def test_bad_sites_files_are_refused_with_the_reason(tmp_path, text, message):
     with pytest.raises(SiteConfigError, match=message):
