@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--at-risk-every", type=float, default=6.0, metavar="MONTHS")
     run.add_argument("--at-risk-until", type=float, default=60.0, metavar="MONTHS")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--delta", action="store_true",
+                     help="the source files hold changes only (new and updated resources, e.g. a saved `_since` "
+                          "export), not a snapshot: nothing staged is removed")
     run.add_argument("--remap-all", action="store_true",
                      help="re-map every patient (default: only patients whose staged resources, or the mapping, changed)")
     run.add_argument("--map-batch", type=int, default=500, metavar="PATIENTS",
@@ -189,7 +192,8 @@ def _run(args) -> int:
                            remap_all=args.remap_all, map_batch_patients=args.map_batch,
                            server=ServerOptions(mode=args.extract, bulk_level=args.bulk_level, group_id=args.bulk_group,
                                                 full=args.full_refresh, page_size=args.page_size,
-                                                overlap_seconds=args.overlap, ca_bundle=args.ca_bundle))
+                                                overlap_seconds=args.overlap, ca_bundle=args.ca_bundle,
+                                                delta=args.delta))
     results = run(settings)
     run_info, npv = results["run"], results["npv"]["ct_and_mri_disappeared"]
     print(f"read {run_info['resources_read']} resources: {run_info['loaded']} loaded, "

@@ -144,3 +144,40 @@ def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp
     load_and_audit(registry, load_code_map(), "incremental-run", "test", 24.0, dt.date.today(), show_progress=False)
     _load(final, fresh, tmp_path / "o3")
     assert_same_registry(incremental, fresh)
+
+
+def test_delta_files_from_the_cli_equal_a_fresh_load_and_remove_nothing(cohort_factory, tmp_path, registry_factory):
+    """`dlmreg run --delta DIR`: a directory of changed resources only (a saved `_since` export) updates
+    the registry to what a fresh load of the whole final data gives; without --delta the same directory
+    would be a snapshot and remove everyone else."""
+    from etl.cli import main
+
+    original = cohort_factory(30, 12)
+    final = tmp_path / "final"
+    change_and_delete(original, final, seed=5, share=0.02)
+    # keep the changes, undo the deletions: a delta export does not list deletions as files
+    kept = {json.loads(line)["id"] for p in final.glob("*.ndjson") for line in p.read_text().splitlines()}
+    changes, whole = tmp_path / "changes", tmp_path / "whole"
+    changes.mkdir()
+    whole.mkdir()
+    changed = 0
+    for path in sorted(original.glob("*.ndjson")):
+        new = {json.loads(line)["id"]: line for line in (final / path.name).read_text().splitlines()}
+        lines = path.read_text().splitlines()
+        delta = [new[json.loads(line)["id"]] for line in lines if json.loads(line)["id"] in new
+                 and new[json.loads(line)["id"]] != line]
+        changed += len(delta)
+        (changes / path.name).write_text("".join(line + "\n" for line in delta))
+        (whole / path.name).write_text("".join(new.get(json.loads(line)["id"], line) + "\n" for line in lines))
+    assert changed > 10 and len(kept) < sum(len(p.read_text().splitlines()) for p in original.glob("*.ndjson"))
+
+    incremental, fresh = registry_factory(), registry_factory()
+    assert main(["run", "--source", str(original), "--registry", incremental, "--out", str(tmp_path / "o1"),
+                 "--no-progress"]) == 0
+    assert main(["run", "--source", str(changes), "--delta", "--registry", incremental,
+                 "--out", str(tmp_path / "o2"), "--no-progress"]) == 0
+    second = json.loads((tmp_path / "o2" / "results.json").read_text())["run"]
+    assert second["resources_read"] == changed and second["staging_changes"]["deleted"] == 0
+    assert second["extract"]["incremental"] is True
+    _load(whole, fresh, tmp_path / "o3")
+    assert_same_registry(incremental, fresh)

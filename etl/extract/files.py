@@ -34,12 +34,13 @@ def _open_binary(path: Path):
 
 
 class FileSource:
-    """A directory (or one file) of FHIR NDJSON / Bundle JSON: always a full snapshot."""
+    """A directory (or one file) of FHIR NDJSON / Bundle JSON: a full snapshot (what it lacks is removed from
+    staging), or with `delta` only changes (new and updated resources, as a saved `_since` export holds:
+    nothing is removed)."""
 
-    is_snapshot = True
-
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, delta: bool = False):
         self.path = Path(path)
+        self.is_snapshot = not delta
         if not self.path.exists():
             raise FileNotFoundError(f"source not found: {self.path}")
         self.files = sorted(p for p in ([self.path] if self.path.is_file() else self.path.rglob("*"))

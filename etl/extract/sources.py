@@ -30,6 +30,7 @@ class ServerOptions:
     page_size: int = 200
     overlap_seconds: float = 300.0      # re-read this much before the watermark (clock skew, late commits)
     ca_bundle: str | None = None        # else DLMREG_FHIR_CA_BUNDLE, else the system trust store
+    delta: bool = False                 # files: changes only (e.g. a saved `_since` export), not a snapshot
 
 
 def is_server(location: str) -> bool:
@@ -40,7 +41,7 @@ def open_source(location: str, types: tuple[str, ...], options: ServerOptions = 
                 load_state: Callable[[str], dict[str, str]] = lambda key: {}):
     """A FileSource, RestSource or BulkSource for `location`; the caller closes it (if it has close())."""
     if not is_server(location):
-        return FileSource(Path(location))
+        return FileSource(Path(location), delta=options.delta)
     verify = options.ca_bundle or os.environ.get("DLMREG_FHIR_CA_BUNDLE") or True
     http = FhirHttp(location, auth_from_env(), verify=verify)
     if options.mode == "bulk":
