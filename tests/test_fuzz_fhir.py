@@ -679,7 +679,7 @@ def test_damaged_gzip_stops_the_run_before_anything_is_staged(base, tmp_path, da
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Single lines that broke staging (etl/stage, not owned here). A defect still open is marked xfail(strict=True).
+# Single lines that broke staging (etl/stage, not owned here), fixed. A defect still open is marked xfail(strict=True).
 
 def _one_line(base, tmp_path, line: bytes, url: str | None = None) -> dict:
     """Stage the cohort plus `line` (in Observation.ndjson) and check F1, F2 (default: on SQLite)."""
@@ -700,27 +700,24 @@ def test_json_nested_beyond_the_recursion_limit_is_quarantined(base, tmp_path):
     _one_line(base, tmp_path, b'{"resourceType":"Observation","id":"deep","x":' + b"[" * 50_000 + b"]" * 50_000 + b"}")
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="etl/stage: the rejected line's de-identified copy (deidentified_text, ensure_ascii=False) "
-                          "holds the lone surrogate that the JSON escape \\ud800 decodes to; inserting it into "
-                          "dlm_quarantine.raw_text raises UnicodeEncodeError")
 def test_lone_surrogate_escape_is_quarantined(base, tmp_path):
     resource = {k: v for k, v in json.loads(base.files["Observation.ndjson"][0]).items() if k != "valueBoolean"}
     resource.update(id="surrogate", valueString="\ud800")
     _one_line(base, tmp_path, _dump(resource, ascii_only=True))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="etl/stage/deidentify.py deidentified_text: json.loads of the rejected line raises ValueError "
-                          "(not JSONDecodeError) for an integer of over 4300 digits (int_max_str_digits); not caught")
+def test_lone_surrogate_in_a_valid_resource(base, tmp_path, registry_url):
+    """A lone surrogate escape inside an otherwise valid resource: loaded or quarantined, never a crash."""
+    resource = json.loads(base.files["Observation.ndjson"][0])
+    resource.update(id="surrogate-note", note=[{"text": "before \ud800 after"}])
+    counts = _one_line(base, tmp_path, _dump(resource, ascii_only=True), registry_url)
+    assert counts["resources_read"] == sum(map(len, base.files.values())) + 1
+
+
 def test_number_of_5000_digits_is_quarantined(base, tmp_path):
     _one_line(base, tmp_path, b'{"resourceType":"Observation","id":"long","valueInteger":' + b"9" * 5000 + b"}")
 
 
-@pytest.mark.xfail(strict=True, raises=sa.exc.DataError,
-                   reason="etl/stage: a line whose resourceType is longer than 64 characters is quarantined with that "
-                          "type in dlm_quarantine.resource_type (VARCHAR(64)); PostgreSQL refuses the insert "
-                          "(StringDataRightTruncation) and the run crashes")
 def test_resource_type_longer_than_the_column_is_quarantined_on_postgresql(base, tmp_path, pg_url):
     resource = json.loads(base.files["Observation.ndjson"][0])
     resource["resourceType"] = "x" * 300

@@ -51,6 +51,11 @@ BATCH_CHARS = 32_000_000       # ... or fewer, when their JSON reaches this many
 READ_CHUNK = 5000              # rows per fetch when reading staging
 
 
+def _storable(text: str) -> str:
+    """Text a UTF-8 database takes: a lone surrogate (from a JSON escape such as \\ud800) written as that escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
 
@@ -138,8 +143,9 @@ class _Stager:
     def _quarantine(self, location: str, reason: str, resource_type: str | None, sha: str,
                     raw_text: str | None) -> None:
         self.acct.quarantined[reason.split(":")[0]] += 1
-        self.quarantine_rows.append({"run_id": self.run_id, "location": location[:500], "resource_type": resource_type,
-                                     "reason": reason, "sha256": sha, "raw_text": raw_text})
+        self.quarantine_rows.append({"run_id": self.run_id, "location": _storable(location[:500]),
+                                     "resource_type": resource_type and _storable(resource_type[:64]),
+                                     "reason": _storable(reason), "sha256": sha, "raw_text": raw_text})
         if len(self.quarantine_rows) >= BATCH_ROWS:
             self.flush()
 

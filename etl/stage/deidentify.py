@@ -89,7 +89,7 @@ def deidentified_text(text: str, pseudo: Pseudonymizer) -> str | None:
     """
     try:
         document = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # not JSON, an integer of over 4300 digits, nesting too deep
         return None
     if not isinstance(document, dict):
         return None
@@ -97,8 +97,19 @@ def deidentified_text(text: str, pseudo: Pseudonymizer) -> str | None:
         # In staging's key order, so a valid Patient's text equals its staged (de-identified) JSON.
         kept = {k: pseudo.patient(document[k]) if k == "id" else document[k] for k in PATIENT_KEPT
                 if k in document and (k != "id" or isinstance(document[k], str))}
-        return json.dumps(kept, ensure_ascii=False)
+        return _json_text(kept)
     try:
-        return json.dumps(_rewrite(document, pseudo), ensure_ascii=False)
+        return _json_text(_rewrite(document, pseudo))
     except RecursionError:
         return None
+
+
+def _json_text(document: dict) -> str:
+    """JSON as readable text; escaped (ASCII) when it holds a lone surrogate (the escape \\ud800 decodes to
+    one), which UTF-8 and so the database cannot store."""
+    text = json.dumps(document, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(document)
+    return text
