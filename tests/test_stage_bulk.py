@@ -3,6 +3,7 @@ PostgreSQL COPY + set-based upsert and through SQLite executemany gives the same
 and deleted input gives the same staging as a fresh stage; memory does not hold the resources' bodies."""
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import shutil
@@ -122,8 +123,9 @@ def test_validation_mode_setting(monkeypatch):
 
 def _varied_source(cohort_factory, tmp_path, name="source"):
     """A cohort with what staging must handle: patients outside the cohort, a Patient and Observations
-    given twice (a newer changed copy, an older copy, an identical copy), an orphan, invalid resources,
-    an unused type, and a Patient without birthDate with a resource of its own."""
+    given more than once (newer changed copies before and after the original, in the same batch and in a
+    later one, an older copy, an identical copy), an orphan, invalid resources, an unused type, and a
+    Patient without birthDate with a resource of its own."""
     clean = cohort_factory(30, 5, non_cohort_share=0.2)
     source = tmp_path / name
     source.mkdir()
@@ -139,14 +141,19 @@ def _varied_source(cohort_factory, tmp_path, name="source"):
     # Observation.001.ndjson is read before Observation.ndjson: "newer" replaces the copy read after it.
     twice = json.loads(observations[1]) | {"id": "twice", "meta": {"lastUpdated": "2031-01-01T00:00:00Z"}}
     older = twice | {"meta": {"lastUpdated": "1990-01-01T00:00:00Z"}, "status": "amended"}
+    newest = twice | {"meta": {"lastUpdated": "2032-01-01T00:00:00Z"}, "status": "corrected"}
     patient_again = json.loads(patients[0]) | {"meta": {"lastUpdated": "2030-01-01T00:00:00Z"}, "gender": "other"}
-    extra = [json.dumps(newer), json.dumps(twice), json.dumps(older), observations[3],
+    extra = [json.dumps(newer), json.dumps(twice), json.dumps(older), json.dumps(newest), observations[3],
              json.dumps(json.loads(observations[4]) | {"id": "orphan", "subject": {"reference": "Patient/nobody"}}),
              json.dumps(json.loads(observations[5]) | {"id": "bad", "status": 42}),
              json.dumps(json.loads(observations[6]) | {"id": "bad-2", "effectivePeriod": {"start": "2020"}}),
              json.dumps({"resourceType": "Observation", "id": "of-no-birth", "status": "final", "code": {"text": "x"},
                          "subject": {"reference": "Patient/no-birth"}})]
     (source / "Observation.001.ndjson").write_text("\n".join(extra) + "\n")
+    # Read after Observation.ndjson: replaces a row written in an earlier batch.
+    latest = json.loads(observations[7]) | {"meta": {"lastUpdated": "2033-01-01T00:00:00Z"}, "note": [{"text": "latest"}]}
+    with gzip.open(source / "Observation.ndjson.gz", "wt") as handle:
+        handle.write(json.dumps(latest) + "\n")
     (source / "Patient.001.ndjson").write_text("\n".join([
         json.dumps(patient_again), json.dumps({"resourceType": "Patient", "id": "no-birth", "gender": "female"})]) + "\n")
     (source / "Practitioner.ndjson").write_text(json.dumps({"resourceType": "Practitioner", "id": "dr"}) + "\n")
@@ -201,7 +208,7 @@ def test_copy_and_executemany_give_the_same_staging(cohort_factory, tmp_path, pg
     by_copy, by_executemany = _stage(pg_url, source, "run-1"), _stage(lite, source, "run-1")
     assert by_copy.as_dict() == by_executemany.as_dict()
     assert _balanced(by_copy) and by_copy.loaded > 500
-    assert by_copy.excluded["duplicate resource id"] == 4 and by_copy.quarantined["invalid Observation"] == 2
+    assert by_copy.excluded["duplicate resource id"] == 6 and by_copy.quarantined["invalid Observation"] == 2
     assert by_copy.quarantined["belongs to a quarantined Patient"] == 1
     assert by_copy.quarantined["reference to a patient not in the source"] == 2
     staged = _staging(pg_url)
@@ -209,7 +216,9 @@ def test_copy_and_executemany_give_the_same_staging(cohort_factory, tmp_path, pg
     rows = {(r[0], r[1]): r for r in staged if r[0] != "quarantine"}
     newer = json.loads((source / "Observation.001.ndjson").read_text().splitlines()[0])
     assert json.loads(rows[("Observation", newer["id"])][7])["valueBoolean"] is False   # the newer copy won
-    assert json.loads(rows[("Observation", "twice")][7])["status"] != "amended"          # the older copy lost
+    assert json.loads(rows[("Observation", "twice")][7])["status"] == "corrected"        # the newest copy won
+    latest = json.loads(gzip.open(source / "Observation.ndjson.gz", "rt").read())
+    assert json.loads(rows[("Observation", latest["id"])][7])["note"] == [{"text": "latest"}]
     # A first-pass resource is quarantined after the cohort is known, from the spool: same text as any other.
     orphan = (source / "Condition.001.ndjson").read_text().strip()
     quarantined = {r[1]: r for r in staged if r[0] == "quarantine"}["Condition.001.ndjson:1"]
@@ -221,14 +230,19 @@ def test_restaging_changed_and_deleted_input_equals_a_fresh_stage(cohort_factory
     original = _varied_source(cohort_factory, tmp_path)
     final = tmp_path / "final"
     counts = change_and_delete(original, final, seed=2, share=0.03)
-    for extra in ("Observation.001.ndjson", "Patient.001.ndjson", "Practitioner.ndjson", "Condition.001.ndjson"):
+    for extra in ("Observation.001.ndjson", "Observation.ndjson.gz", "Patient.001.ndjson", "Practitioner.ndjson",
+                  "Condition.001.ndjson"):
         shutil.copy(original / extra, final / extra)
     assert counts["changed"] > 10 and counts["deleted"] > 10
     restaged, fresh = registry_factory(), registry_factory()
     first = _stage(restaged, original, "run-1")
     staged_first = _staging(restaged)
     again = _stage(restaged, original, "run-2")
-    assert again.changes["new"] == again.changes["changed"] == 0 and again.changes["unchanged"] == first.loaded
+    # Two Observations have a newer copy read after their original: the original, read first, replaces the
+    # staged row (counted as changed) and the newer copy puts it back (a duplicate). The rest is unchanged,
+    # and so is staging.
+    assert again.changes["new"] == 0 and again.changes["changed"] == 2
+    assert again.changes["unchanged"] == first.loaded - 2
     assert [r for r in _staging(restaged) if r[0] != "quarantine"] == [r for r in staged_first if r[0] != "quarantine"]
     second = _stage(restaged, final, "run-3")
     assert _balanced(second)

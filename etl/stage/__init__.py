@@ -14,8 +14,8 @@ Streaming, in bounded memory:
   would not hold) goes to an unnamed temporary file, read back once the cohort is known; memory keeps
   only patient ids. The second pass streams everything else.
 - New and changed rows are written in batches of at most `BATCH_ROWS` rows / `BATCH_CHARS` characters of
-  JSON (etl.stage.store: COPY + one upsert on PostgreSQL, executemany on SQLite); deletions and
-  quarantine rows are batched too.
+  JSON (etl.stage.store: on PostgreSQL new rows are copied straight into staging, changed ones copied to
+  a temporary table and upserted; executemany on SQLite); deletions and quarantine rows are batched too.
 - What grows with the input is per resource identity, not per body (`_Index`): the staged hash of every
   staged resource (read at the start, to skip unchanged ones) and whether, with which `lastUpdated`, it
   was seen in this run (duplicates, and snapshot deletions); about 250 bytes per resource. The validator
@@ -129,7 +129,8 @@ class _Stager:
                             .execution_options(yield_per=READ_CHUNK))
         self.index = _Index()
         self.index.load(rows)
-        self.pending: dict[tuple[str, str], dict] = {}   # rows to upsert, by key (a newer copy replaces)
+        # Rows to write, by key (a newer copy replaces), each with whether its key is absent from staging.
+        self.pending: dict[tuple[str, str], tuple[dict, bool]] = {}
         self.pending_chars = 0
         self.quarantine_rows: list[dict] = []
         self.quarantined_patients: set[str] = set()  # pseudonyms of Patients that could not be loaded
@@ -234,14 +235,19 @@ class _Stager:
         if not duplicate:
             self.acct.changes["new" if previous is None else "changed"] += 1
         row = make_row()   # de-identified and serialised only when it is written
-        self.pending[key] = row
+        waiting = self.pending.get(key)
+        # Absent from staging: not staged before this run and not yet written in it (a copy still waiting in
+        # the batch is replaced, not written). Such rows are inserted; the others upserted.
+        absent = waiting[1] if waiting else previous is None and not duplicate
+        self.pending[key] = (row, absent)
         self.pending_chars += len(row["resource_json"])
         if len(self.pending) >= BATCH_ROWS or self.pending_chars >= BATCH_CHARS:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
-            self.store.upsert(list(self.pending.values()))
+            self.store.insert([row for row, absent in self.pending.values() if absent])
+            self.store.upsert([row for row, absent in self.pending.values() if not absent])
             self.pending, self.pending_chars = {}, 0
         if self.quarantine_rows:
             self.conn.execute(self.quarantine_table.insert(), self.quarantine_rows)

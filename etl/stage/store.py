@@ -1,9 +1,10 @@
 """Set-based writes to the staging table, inside the caller's transaction.
 
-PostgreSQL: a batch of new and changed resources is copied (psycopg 3 `COPY ... FROM STDIN`) into a temporary
-table, then moved with one `INSERT ... SELECT ... ON CONFLICT (resource_type, resource_id) DO UPDATE`;
-deletions copy the keys into a temporary table and run one `DELETE ... USING`. SQLite: the same upsert and
-delete statements, sent with executemany (SQLite runs in-process, so a round trip costs nothing).
+PostgreSQL (psycopg 3): rows whose key is not in staging are copied straight into it (`COPY ... FROM
+STDIN`); changed rows are copied into a temporary table, then moved with one `INSERT ... SELECT ... ON
+CONFLICT (resource_type, resource_id) DO UPDATE`; deletions copy the keys into a temporary table and run
+one `DELETE ... USING`. SQLite: the same insert, upsert and delete statements, sent with executemany
+(SQLite runs in-process, so a round trip costs nothing).
 Statements are SQLAlchemy Core; only the COPY goes through the driver connection. The temporary tables
 are created in the stage's transaction and dropped at its end (`close`).
 
@@ -37,6 +38,11 @@ class StagingStore:
         return insert.on_conflict_do_update(
             index_elements=[self.staging.c[k] for k in KEY],
             set_={c: insert.excluded[c] for c in self.columns if c not in KEY})
+
+    def insert(self, rows: list[dict]) -> None:
+        """Insert rows (dicts with every staging column) whose keys are not in staging."""
+        if rows:
+            self.conn.execute(self.staging.insert(), rows)
 
     def upsert(self, rows: list[dict]) -> None:
         """Insert or replace rows (dicts with every staging column), keys unique within the batch."""
@@ -87,6 +93,10 @@ class CopyStagingStore(StagingStore):
     def _truncate(self, table: sa.Table) -> None:
         # TRUNCATE, not DELETE: a temporary table is never vacuumed, deleted rows would pile up per batch.
         self.conn.execute(sa.text(f"TRUNCATE {self.preparer.format_table(table)}"))
+
+    def insert(self, rows: list[dict]) -> None:
+        if rows:
+            self._copy(self.staging, self.columns, ([row[c] for c in self.columns] for row in rows))
 
     def upsert(self, rows: list[dict]) -> None:
         if not rows:
