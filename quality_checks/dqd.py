@@ -23,7 +23,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from quality_checks.checks import Check, Frame
+from quality_checks.checks import ROWS, Check, Frame
 
 SPEC = Path(__file__).parent / "spec"
 # DQD executeDqChecks() default tablesToExclude.
@@ -33,6 +33,7 @@ SEVERITY = {"fatal": "critical", "convention": "warning", "characterization": "w
 GENDER_CONCEPTS = {"Male": 8507, "Female": 8532}  # mappings/concepts.csv (verified rows)
 INTEGER_TYPES = {"integer", "bigint"}
 DATE_TYPES = {"date", "datetime"}
+HELPER_DATES = ("_birth_datetime", "_death_date", "_visit_start_date", "_visit_end_date")  # joined in
 
 
 @lru_cache(maxsize=None)
@@ -116,71 +117,127 @@ def _structure_frames(tables: dict[str, sa.Table]) -> dict[str, Frame]:
 
 
 def _table_frame(tables: dict[str, sa.Table], name: str, rows: list[dict]) -> Frame:
-    """The table, plus one derived column per relational check and the dates the temporal checks need."""
+    """The table, plus one derived column per relational check and the dates the temporal checks need.
+
+    Each column records the joins and the table columns it needs. A select of a few columns
+    (`Frame.narrow`) joins only what they need; a counted select (`Frame.counted_select`) counts the
+    distinct values of the table columns they need, then joins and derives per distinct value, not per
+    row: a check group never pays for the joins of the others, nor for a join per row.
+    """
     t = tables[name]
-    columns, source = list(t.c), t
-    for row in rows:
-        field = row["cdmFieldName"].lower()
-        column = t.c[field]
-        fk_table = row["fkTableName"].strip().lower()
-        concept = None
-        if _yes(row, "isForeignKey") and fk_table in tables:
-            parent = tables[fk_table].alias(f"fk_{field}")
-            key = parent.c[row["fkFieldName"].lower()]
-            source = source.outerjoin(parent, key == column)
-            columns.append(sa.case((column.is_(None), None), (key.is_(None), 0), else_=1).label(f"_fk__{field}"))
-            if fk_table == "concept":
-                concept = parent  # the concept checks read the same join
-        if concept is None and (fk_table == "concept"
-                                or any(_yes(row, k) for k in ("fkDomain", "fkClass", "isStandardValidConcept"))):
-            concept = tables["concept"].alias(f"concept_{field}")
-            source = source.outerjoin(concept, concept.c.concept_id == column)
-        if concept is not None:
-            real = sa.and_(concept.c.concept_id.is_not(None), concept.c.concept_id != 0)
-            standard = sa.case((sa.and_(concept.c.standard_concept == "S", concept.c.invalid_reason.is_(None)), 1),
-                               else_=0)
-            columns += [sa.case((real, concept.c.domain_id)).label(f"_domain__{field}"),
-                        sa.case((real, concept.c.concept_class_id)).label(f"_class__{field}"),
-                        sa.case((real, standard)).label(f"_standard__{field}")]
-        if row["cdmDatatype"].lower() in INTEGER_TYPES:
-            columns.append(sa.cast(column, sa.String).label(f"_text__{field}"))
-    if "person_id" in t.c:
-        person = tables["person"].alias("person_")
-        death = tables["death"]
-        first_death = (sa.select(death.c.person_id, sa.func.min(death.c.death_date).label("death_date"))
-                       .group_by(death.c.person_id).subquery("death_"))
-        source = (source.outerjoin(person, person.c.person_id == t.c.person_id)
-                  .outerjoin(first_death, first_death.c.person_id == t.c.person_id))
-        columns += [person.c.birth_datetime.label("_birth_datetime"), person.c.year_of_birth.label("_year_of_birth"),
-                    person.c.month_of_birth.label("_month_of_birth"), person.c.day_of_birth.label("_day_of_birth"),
-                    person.c.gender_concept_id.label("_gender_concept_id"),
-                    first_death.c.death_date.label("_death_date")]
-    if "visit_occurrence_id" in t.c and name != "visit_occurrence":
-        visit = tables["visit_occurrence"].alias("visit_")
-        source = source.outerjoin(visit, visit.c.visit_occurrence_id == t.c.visit_occurrence_id)
-        columns += [visit.c.visit_start_date.label("_visit_start_date"),
-                    visit.c.visit_end_date.label("_visit_end_date")]
-    dates = [r["cdmFieldName"].lower() for r in rows if r["cdmDatatype"] in DATE_TYPES]
     within_visit = [r["cdmFieldName"].lower() for r in rows if _yes(r, "withinVisitDates")]
-    return Frame(sa.select(*columns).select_from(source), lambda data: _dates(data, dates, within_visit))
+    has_visit = "visit_occurrence_id" in t.c and name != "visit_occurrence"
+
+    def build(c) -> tuple[dict, dict]:
+        """{name: (expression, joins, table columns)} and {join: (table, on)} over the columns `c` of the
+        table or of its counted rows (which hold only the table columns they need)."""
+        columns = {col.name: (c[col.name], (), (col.name,)) for col in t.c if col.name in c}
+        joins: dict[str, tuple[sa.FromClause, sa.ColumnElement]] = {}  # in join order
+        for row in rows:
+            field = row["cdmFieldName"].lower()
+            if field not in c:
+                continue
+            column = c[field]
+            fk_table = row["fkTableName"].strip().lower()
+            concept = None
+            if _yes(row, "isForeignKey") and fk_table in tables:
+                parent = tables[fk_table].alias(f"fk_{field}")
+                key = parent.c[row["fkFieldName"].lower()]
+                joins[parent.name] = (parent, key == column)
+                columns[f"_fk__{field}"] = (sa.case((column.is_(None), None), (key.is_(None), 0), else_=1),
+                                            (parent.name,), (field,))
+                if fk_table == "concept":
+                    concept = parent  # the concept checks read the same join
+            if concept is None and (fk_table == "concept"
+                                    or any(_yes(row, k) for k in ("fkDomain", "fkClass", "isStandardValidConcept"))):
+                concept = tables["concept"].alias(f"concept_{field}")
+                joins[concept.name] = (concept, concept.c.concept_id == column)
+            if concept is not None:
+                real = sa.and_(concept.c.concept_id.is_not(None), concept.c.concept_id != 0)
+                standard = sa.case((sa.and_(concept.c.standard_concept == "S", concept.c.invalid_reason.is_(None)),
+                                    1), else_=0)
+                columns[f"_domain__{field}"] = (sa.case((real, concept.c.domain_id)), (concept.name,), (field,))
+                columns[f"_class__{field}"] = (sa.case((real, concept.c.concept_class_id)), (concept.name,), (field,))
+                columns[f"_standard__{field}"] = (sa.case((real, standard)), (concept.name,), (field,))
+            if row["cdmDatatype"].lower() in INTEGER_TYPES:
+                columns[f"_text__{field}"] = (sa.cast(column, sa.String), (), (field,))
+        if "person_id" in c:
+            person = tables["person"].alias("person_")
+            death = tables["death"]
+            first_death = (sa.select(death.c.person_id, sa.func.min(death.c.death_date).label("death_date"))
+                           .group_by(death.c.person_id).subquery("death_"))
+            joins["person_"] = (person, person.c.person_id == c["person_id"])
+            joins["death_"] = (first_death, first_death.c.person_id == c["person_id"])
+            for label, column in (("_birth_datetime", person.c.birth_datetime),
+                                  ("_year_of_birth", person.c.year_of_birth),
+                                  ("_month_of_birth", person.c.month_of_birth), ("_day_of_birth", person.c.day_of_birth),
+                                  ("_gender_concept_id", person.c.gender_concept_id)):
+                columns[label] = (column, ("person_",), ("person_id",))
+            columns["_death_date"] = (first_death.c.death_date, ("death_",), ("person_id",))
+        if has_visit and "visit_occurrence_id" in c:
+            visit = tables["visit_occurrence"].alias("visit_")
+            joins["visit_"] = (visit, visit.c.visit_occurrence_id == c["visit_occurrence_id"])
+            columns["_visit_start_date"] = (visit.c.visit_start_date, ("visit_",), ("visit_occurrence_id",))
+            columns["_visit_end_date"] = (visit.c.visit_end_date, ("visit_",), ("visit_occurrence_id",))
+        return columns, joins
+
+    def select(c, source, names: list[str], *extra) -> sa.Select:
+        columns, joins = build(c)
+        needed = {j for n in names for j in columns[n][1]}
+        for join, (table, on) in joins.items():
+            if join in needed:
+                source = source.outerjoin(table, on)
+        # Dates are read as the driver gives them (SQLite: ISO text) and parsed by the pandas step.
+        return sa.select(*[(sa.type_coerce(columns[n][0], sa.String) if n in parsed else columns[n][0]).label(n)
+                           for n in names], *extra).select_from(source)
+
+    bases = {n: column[2] for n, column in build(t.c)[0].items()}
+
+    def counted(names: list[str], nullness_only: frozenset[str]) -> sa.Select:
+        needed = list(dict.fromkeys(b for n in names for b in bases[n]))
+        # A text column only NULL tests read, and nothing derives from, counts as NULL or not.
+        collapsed = {b for b in needed if b in nullness_only and isinstance(t.c[b].type, sa.String)
+                     and all(bases[n] == (b,) and n == b for n in names if b in bases[n])}
+        keys = [t.c[b].is_(None) if b in collapsed else t.c[b] for b in needed]
+        values = [sa.func.min(t.c[b]).label(b) if b in collapsed else t.c[b] for b in needed]
+        distinct = sa.select(*values, sa.func.count().label(ROWS)).group_by(*keys).subquery("distinct_")
+        # Not counted again after the joins: rows that become equal there just stay apart.
+        return select(distinct.c, distinct, names, distinct.c[ROWS])
+
+    derived: dict[str, tuple[str, ...]] = {}
+    if "person_id" in t.c:
+        derived |= {"_birth_day": ("_birth_datetime", "_year_of_birth", "_month_of_birth", "_day_of_birth"),
+                    "_death_limit": ("_death_date",)}
+    if has_visit:
+        derived |= {f"_within_visit__{f}": (f, "_visit_start_date", "_visit_end_date") for f in within_visit}
+    if "unit_concept_id" in t.c:
+        derived["_unit_or_none"] = ("unit_concept_id",)
+    dates = [r["cdmFieldName"].lower() for r in rows if r["cdmDatatype"] in DATE_TYPES]
+    parsed = set(dates) | set(HELPER_DATES)
+    concepts = {r["cdmFieldName"].lower() for r in rows if r["fkTableName"].strip().lower() == "concept"}
+    low = {n for n, b in bases.items() if set(b) <= concepts} | ({"_gender_concept_id"} if "person_id" in t.c else set())
+    return Frame(select(t.c, t, list(bases)), lambda data: _dates(data, dates, within_visit), derived,
+                 lambda names: select(t.c, t, names), counted, frozenset(low), bases)
 
 
 def _dates(data, dates: list[str], within_visit: list[str]):
-    """Dates as timestamps, birth as a day, death + 60 days (DQD's allowance), the +-7-day visit window."""
+    """Dates as timestamps, birth as a day, death + 60 days (DQD's allowance), the +-7-day visit window.
+
+    Row by row, on whichever of the frame's columns `data` holds (a check group reads only its own)."""
     import pandas as pd
 
-    for column in dates + [c for c in ("_birth_datetime", "_death_date", "_visit_start_date", "_visit_end_date")
-                           if c in data]:
-        data[column] = pd.to_datetime(data[column], errors="coerce")
+    for column in [c for c in [*dates, *HELPER_DATES] if c in data]:
+        data[column] = pd.to_datetime(data[column], errors="coerce", format="ISO8601")
     if "_birth_datetime" in data:
         composed = pd.to_datetime(pd.DataFrame({"year": data["_year_of_birth"],
                                                 "month": data["_month_of_birth"].fillna(1),
                                                 "day": data["_day_of_birth"].fillna(1)}), errors="coerce")
         data["_birth_day"] = data["_birth_datetime"].dt.normalize().fillna(composed)
+    if "_death_date" in data:
         # Exclusive limit: an event on the 60th day after death, at any time of day, is plausible.
         data["_death_limit"] = data["_death_date"].dt.normalize() + pd.Timedelta(days=61)
     for field in within_visit:
-        if "_visit_start_date" not in data:
+        if "_visit_start_date" not in data or field not in data:
             continue
         value, start, end = data[field], data["_visit_start_date"], data["_visit_end_date"]
         inside = (value >= start - pd.Timedelta(days=7)) & (value < end + pd.Timedelta(days=8))

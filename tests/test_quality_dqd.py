@@ -286,3 +286,64 @@ def test_data_docs_show_every_suite_of_the_run(registry, tmp_path):
     index = (docs / "index.html").read_text()
     assert all(f"dlmreg.{frame}" in index for frame in frames)
     assert len(list((docs / "validations").rglob("*.html"))) == len(frames)  # the stale page is gone
+
+
+# -- the bounded batches give the results of one validation of the whole frame -----------------------
+
+def _whole(frames: dict[str, Frame]) -> dict[str, Frame]:
+    """Every frame read whole and validated in one batch (as the checks ran before issue #9)."""
+    return {name: Frame(lambda c, f=f: f.read(c)) for name, f in frames.items()}
+
+
+def _counts(results) -> dict[str, tuple[int, int]]:
+    return {r.check.name: (r.rows_checked, r.rows_violated) for r in results}
+
+
+BREAKING = [case.broken for case in CASES.values()
+            if case.broken and case.check.split(":")[0] not in ("cdmTable", "cdmField", "cdmDatatype")]
+
+
+def _both_ways(registry, setups) -> tuple[dict, dict]:
+    with registry.engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SET CONSTRAINTS ALL DEFERRED"))
+            for setup in setups:
+                setup(conn, registry.tables)
+            checks, frames = plan(conn, registry.tables, TODAY)
+            return (_counts(validate(conn, checks, frames, chunk_values=100)),
+                    _counts(validate(conn, checks, _whole(frames))))
+        finally:
+            transaction.rollback()
+
+
+def test_counted_batches_give_the_results_of_whole_frames(registry):
+    """Every check's rows checked and violated are those of one validation of the whole frame, with
+    batches of a few distinct rows (so that groups span several), on the clean registry and on one
+    broken by every fixture at once."""
+    clean, clean_whole = _both_ways(registry, [])
+    assert clean == clean_whole
+    broken, broken_whole = _both_ways(registry, BREAKING)
+    assert broken == broken_whole
+    newly_violated = {name for name, (_, count) in broken.items() if count and not clean.get(name, (0, 0))[1]}
+    assert len(newly_violated) >= len(BREAKING) // 2, newly_violated  # the breakers do overlap
+
+
+def test_uniqueness_batches_never_split_a_key(registry):
+    """Uniqueness is decided batch by batch: rows ordered by the key, a key's rows in one batch."""
+    from quality_checks import Check
+
+    t = registry.tables["condition_occurrence"]
+    frame = Frame(sa.select(t.c.person_id, t.c.condition_concept_id, t.c.condition_type_concept_id,
+                            t.c.condition_end_date))
+    checks = [Check(f"unique:{columns}", "isPrimaryKey", "conditions", columns[-1], "critical", 0.0,
+                    *(("ExpectColumnValuesToBeUnique", {"column": columns[0]}) if len(columns) == 1 else
+                      ("ExpectCompoundColumnsToBeUnique", {"column_list": list(columns)})))
+              for columns in [("condition_concept_id",), ("person_id", "condition_type_concept_id"),
+                              ("condition_end_date",)]]  # the last with NULLs
+    with registry.engine.connect() as conn:
+        for size in (1, 4, 10, 100_000):
+            chunked = _counts(validate(conn, checks, {"conditions": frame}, chunk_values=size))
+            assert chunked == _counts(validate(conn, checks, _whole({"conditions": frame}))), size
+    assert chunked["unique:('condition_concept_id',)"][1] and chunked["unique:('person_id', 'condition_type_concept_id')"][1]
