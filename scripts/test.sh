@@ -28,4 +28,11 @@ if [ -z "${DLMREG_TEST_PG_URL:-}" ]; then
     echo "PostgreSQL not available: PostgreSQL tests will be skipped" >&2
   fi
 fi
+if [ $# -eq 0 ]; then
+  # The whole suite: one pytest-xdist worker per core (at most 4), each test module on one worker (module
+  # fixtures are built once); the slowest tests are listed at the end.
+  workers="${DLMREG_TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}"
+  [ "$workers" -gt 4 ] && workers=4
+  set -- -n "$workers" --dist loadfile --durations=20
+fi
 "$PYTHON" -m pytest "$@"
