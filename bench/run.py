@@ -21,6 +21,7 @@ and stopped at the end. The code measured is a snapshot of a git commit (`--ref`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -44,7 +45,6 @@ from pgcluster import PrivateCluster, drop_database, fresh_database, server_vers
 REGISTRIES = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
 CODE_PATHS = ("etl", "registry_schema", "quality_checks", "mappings")
 NOTES_MARKER = "<!-- Everything below this line is kept by bench/run.py when it rewrites this file. -->"
-CHANGED_LAST_UPDATED = "2026-01-01T00:00:00Z"
 CHANGED_NARRATIVE = {"status": "generated",
                      "div": '<div xmlns="http://www.w3.org/1999/xhtml">changed by bench/run.py</div>'}
 
@@ -53,8 +53,11 @@ TARGETS = {
     "etl_over_floor": ("full ETL (PostgreSQL) within 3x of the floor", "<=", 3.0),
     "naive_over_etl": ("at least 10x faster than naive (naive / ETL PostgreSQL)", ">=", 10.0),
     "rss_growth": ("peak RSS at 50,000 patients <= 1.5x that at 1,000", "<=", 1.5),
-    "incremental_over_full": ("incremental run after a 1% change < 5% of the full run", "<", 0.05),
+    "incremental_over_full": ("incremental run after a 1% change < 5% of the full run (file snapshot)", "<", 0.05),
+    "delta_over_full": ("incremental run after a 1% change < 5% of the full run (changes only, `--delta`)", "<",
+                        0.05),
 }
+INCREMENTAL_KEYS = ("incremental_over_full", "delta_over_full")
 
 
 # --- measuring ------------------------------------------------------------------------------------------
@@ -110,13 +113,17 @@ def code_under_test(work: Path, ref: str | None) -> tuple[dict, str]:
     return env, f"commit `{commit[:12]}` (`git archive` snapshot)"
 
 
-def change_share(source: Path, target: Path, share: float = 0.01, seed: int = 9) -> int:
+def change_share(source: Path, target: Path, share: float = 0.01, seed: int = 9, version: int = 2,
+                 delta: Path | None = None) -> int:
     """Copy a cohort with `share` of its resources changed; returns how many.
 
-    A changed resource gets a new version (`meta.versionId` 2, a later `meta.lastUpdated`) and a narrative
-    (`text`), a field the registry does not map: its hash changes, its meaning does not. The choice is
-    deterministic (seeded), so every size and registry sees the same kind of change.
+    A changed resource gets a new version (`meta.versionId` `version`, a later `meta.lastUpdated`) and a
+    narrative (`text`), a field the registry does not map: its hash changes, its meaning does not. The choice
+    is deterministic (seeded), so every size and registry sees the same kind of change. `delta`: also write
+    the changed resources alone there (what a `_since` export of the change holds).
     """
+    if delta is not None:
+        delta.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     target.mkdir(parents=True, exist_ok=True)
     changed = 0
@@ -124,15 +131,21 @@ def change_share(source: Path, target: Path, share: float = 0.01, seed: int = 9)
         if not path.name.endswith(".ndjson"):
             shutil.copy(path, target / path.name)
             continue
-        with path.open(encoding="utf-8") as lines, (target / path.name).open("w", encoding="utf-8") as out:
+        with contextlib.ExitStack() as files:
+            lines = files.enter_context(path.open(encoding="utf-8"))
+            out = files.enter_context((target / path.name).open("w", encoding="utf-8"))
+            only = files.enter_context((delta / path.name).open("w", encoding="utf-8")) if delta else None
             for line in lines:
                 if line.strip() and rng.random() < share:
                     resource = json.loads(line)
-                    resource["meta"] = {**(resource.get("meta") or {}), "versionId": "2",
-                                        "lastUpdated": CHANGED_LAST_UPDATED}
-                    resource["text"] = CHANGED_NARRATIVE
+                    resource["meta"] = {**(resource.get("meta") or {}), "versionId": str(version),
+                                        "lastUpdated": f"2026-01-0{min(version, 9)}T00:00:00Z"}
+                    resource["text"] = {**CHANGED_NARRATIVE, "div": CHANGED_NARRATIVE["div"].replace(
+                        "bench/run.py", f"bench/run.py (version {version})")}
                     line = json.dumps(resource, separators=(",", ":"), ensure_ascii=False) + "\n"
                     changed += 1
+                    if only:
+                        only.write(line)
                 out.write(line)
     return changed
 
@@ -165,6 +178,7 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
     """
     python = sys.executable
     cohort, changed_cohort = work / f"cohort_{patients}", work / f"cohort_{patients}_changed"
+    again, delta_cohort = work / f"cohort_{patients}_again", work / f"cohort_{patients}_delta"
     logs = work / f"logs_{patients}"
     logs.mkdir()
     cli = [python, "-m", "etl.cli"]
@@ -187,18 +201,21 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
                      work_s=inner.get("work_s")))
 
     changed = change_share(cohort, changed_cohort)
+    # A second 1% change on top of the first, of which only the changed resources are given (`--delta`).
+    changed_again = change_share(changed_cohort, again, seed=10, version=3, delta=delta_cohort)
+    shutil.rmtree(again, ignore_errors=True)
     for registry in registries:
         name = REGISTRIES[registry]
         url = (fresh_database(server_url, "etl") if registry == "postgresql"
                else f"sqlite:///{work / f'registry_{patients}.sqlite'}")
-        for step, source in (("etl", cohort), ("incremental", changed_cohort)):
+        for step, source, flags, count in (("etl", cohort, [], None), ("incremental", changed_cohort, [], changed),
+                                           ("incremental_delta", delta_cohort, ["--delta"], changed_again)):
             out = work / f"out_{patients}_{registry}_{step}"
-            run = measure(etl_cli + ["run", "--source", str(source), "--registry", url, "--out", str(out),
+            run = measure(etl_cli + ["run", "--source", str(source), *flags, "--registry", url, "--out", str(out),
                                  "--no-progress"], logs / f"{step}_{registry}", cwd=code_dir, env=etl_env)
             results = _results(out)
-            rows.append(_row(patients, step, name, run, resources=results.get("resources_read", total),
-                             staging_changes=results.get("staging_changes"),
-                             changed_resources=changed if step == "incremental" else None))
+            rows.append(_row(patients, step, name, run, resources=results.get("resources_read", count or total),
+                             staging_changes=results.get("staging_changes"), changed_resources=count))
             shutil.rmtree(out, ignore_errors=True)
             if run["error"]:
                 break  # an incremental run on a registry whose full run failed measures nothing useful
@@ -222,6 +239,7 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
                      extrapolated=True))
     shutil.rmtree(cohort, ignore_errors=True)
     shutil.rmtree(changed_cohort, ignore_errors=True)
+    shutil.rmtree(delta_cohort, ignore_errors=True)
     return rows
 
 
@@ -286,6 +304,7 @@ def ratios(rows: list[dict]) -> list[dict]:
         floor, naive = _find(rows, n, "floor"), _find(rows, n, "naive")
         for name in REGISTRIES.values():
             etl, incremental = _find(rows, n, "etl", name), _find(rows, n, "incremental", name)
+            delta = _find(rows, n, "incremental_delta", name)
             if not any(r["patients"] == n and r["registry"] == name and r["step"] == "etl" for r in rows):
                 continue
             out.append({"key": "etl_over_floor", "patients": n, "registry": name, "value": _ratio(etl, floor),
@@ -294,6 +313,8 @@ def ratios(rows: list[dict]) -> list[dict]:
                         "target": name == "PostgreSQL"})
             out.append({"key": "incremental_over_full", "patients": n, "registry": name,
                         "value": _ratio(incremental, etl), "target": True})
+            out.append({"key": "delta_over_full", "patients": n, "registry": name,
+                        "value": _ratio(delta, etl), "target": True})
     if len(sizes) > 1:
         small, large = sizes[0], sizes[-1]
         for name in REGISTRIES.values():
@@ -324,9 +345,11 @@ STEP_LABELS = {
     "etl": "ETL {registry} (`dlmreg run`, fresh database)",
     "naive": "naive, PostgreSQL (extrapolated from {sample:,} resources)",
     "incremental": "incremental {registry} (same registry, {changed_resources:,} resources changed)",
+    "incremental_delta": "incremental {registry}, changes only (`--delta`, {changed_resources:,} resources)",
 }
 STEP_ORDER = [("floor", "PostgreSQL"), ("etl", "PostgreSQL"), ("etl", "SQLite"), ("naive", "PostgreSQL"),
-              ("incremental", "PostgreSQL"), ("incremental", "SQLite")]
+              ("incremental", "PostgreSQL"), ("incremental", "SQLite"), ("incremental_delta", "PostgreSQL"),
+              ("incremental_delta", "SQLite")]
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -345,12 +368,13 @@ def _ratio_line(r: dict) -> str:
         name = f"peak RSS of ETL {r['registry']}, {r['patients'][1]:,} / {r['patients'][0]:,} patients"
     else:
         name = {"etl_over_floor": f"ETL {r['registry']} / floor", "naive_over_etl": f"naive / ETL {r['registry']}",
-                "incremental_over_full": f"incremental / full, {r['registry']}"}[r["key"]]
+                "incremental_over_full": f"incremental / full, {r['registry']}",
+                "delta_over_full": f"incremental (changes only) / full, {r['registry']}"}[r["key"]]
     target = f"{comparison} {bound:g}" if r["target"] else f"({comparison} {bound:g} applies to PostgreSQL)"
     if r["key"] == "rss_growth" and not r["target"]:
         target = f"({comparison} {bound:g} applies to 50,000 / 1,000)"
     verdict = _verdict(r) if r["target"] else ("within" if r["met"] else "outside") if r["met"] is not None else "n/a"
-    digits = 3 if r["key"] == "incremental_over_full" else 2
+    digits = 3 if r["key"] in INCREMENTAL_KEYS else 2
     return f"| {name} | {_fmt(r['value'], digits)} | {target} | {verdict} |"
 
 
@@ -384,7 +408,7 @@ def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
             label = TARGETS[r["key"]][0]
             size = (f"{r['patients'][0]:,} -> {r['patients'][1]:,}" if isinstance(r["patients"], tuple)
                     else f"{r['patients']:,} patients, {r['registry']}")
-            digits = 3 if r["key"] == "incremental_over_full" else 2
+            digits = 3 if r["key"] in INCREMENTAL_KEYS else 2
             lines.append(f"| {label} | {size} | {_fmt(r['value'], digits)} | {_verdict(r)} |")
     if not any(r["key"] == "rss_growth" and r["target"] for r in all_ratios):
         skipped = any(r["step"] == "not run" and r["patients"] == 50000 for r in rows)
@@ -439,6 +463,10 @@ def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
               "(`meta.versionId`/`lastUpdated` bumped and a narrative `text` added; seeded, so the same lines "
               "every time) is run into the same registry. The source is a file snapshot, so every file is read "
               "again; staging skips resources whose hash is unchanged.",
+              "- **incremental, changes only**: then another 1% of the resources change (version 3, another seed) "
+              "and only those resources are given, with `--delta`: what a scheduled `_lastUpdated` pull or a "
+              "`_since` export delivers. Only the patients they belong to are re-mapped; the quality checks and "
+              "the analysis run on the whole registry.",
               "", NOTES_MARKER]
     if notes:
         lines += ["", notes]

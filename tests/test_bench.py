@@ -34,9 +34,10 @@ parser.add_argument("--source", type=Path)
 parser.add_argument("--registry")
 parser.add_argument("--out", type=Path)
 parser.add_argument("--no-progress", action="store_true")
+parser.add_argument("--delta", action="store_true")
 args = parser.parse_args()
 lines = [l for p in sorted(args.source.glob("*.ndjson")) for l in p.read_text().splitlines() if l.strip()]
-changed = sum('"versionId":"2"' in l for l in lines)
+changed = len(lines) if args.delta else sum('"versionId":"2"' in l for l in lines)
 engine = sa.create_engine(args.registry)
 with engine.begin() as conn:
     first = not sa.inspect(conn).has_table("stand_in")
@@ -71,10 +72,13 @@ def _check(lines: list[dict], markdown: str) -> None:
     rows = [r for r in lines if "step" in r]
     steps = {(r["step"], r["registry"]) for r in rows}
     assert steps == {("synth", None), ("floor", "PostgreSQL"), ("etl", "PostgreSQL"), ("etl", "SQLite"),
-                     ("incremental", "PostgreSQL"), ("incremental", "SQLite"), ("naive", "PostgreSQL")}
+                     ("incremental", "PostgreSQL"), ("incremental", "SQLite"), ("naive", "PostgreSQL"),
+                     ("incremental_delta", "PostgreSQL"), ("incremental_delta", "SQLite")}
     assert not [r for r in rows if r.get("error")]
     resources = next(r["resources"] for r in rows if r["step"] == "synth")
-    assert all(r["resources"] == resources for r in rows)          # every step saw the whole cohort
+    delta = [r for r in rows if r["step"] == "incremental_delta"]
+    assert all(r["resources"] == resources for r in rows if r not in delta)   # every other step saw the whole cohort
+    assert all(0 < r["resources"] == r["changed_resources"] < 0.05 * resources for r in delta)  # the changes alone
     assert all(r["peak_rss_mib"] > 0 and r["wall_s"] > 0 for r in rows)
     naive = next(r for r in rows if r["step"] == "naive")
     assert 50 <= naive["sample"] <= 70 and naive["extrapolated"]
@@ -82,18 +86,20 @@ def _check(lines: list[dict], markdown: str) -> None:
         if r["step"] == "incremental":
             assert 0 < r["staging_changes"]["changed"] <= r["changed_resources"]   # non-cohort ones are excluded
     ratios = [r for r in lines if "ratio" in r]
-    assert {r["ratio"] for r in ratios} == {"etl_over_floor", "naive_over_etl", "incremental_over_full"}
+    assert {r["ratio"] for r in ratios} == {"etl_over_floor", "naive_over_etl", "incremental_over_full",
+                                            "delta_over_full"}
     assert all(math.isfinite(r["value"]) and r["met"] in (True, False) for r in ratios)
 
     for label in ["floor: read + json.loads + COPY into PostgreSQL", "ETL PostgreSQL (`dlmreg run`",
                   "ETL SQLite (`dlmreg run`", "naive, PostgreSQL (extrapolated from", "incremental PostgreSQL (",
-                  "incremental SQLite (", "## 30 patients", "## Targets", "- Machine: ", "PostgreSQL 1",
+                  "incremental SQLite (", "incremental PostgreSQL, changes only (`--delta`", "## 30 patients", "## Targets", "- Machine: ", "PostgreSQL 1",
                   "Code measured: working tree"]:
         assert label in markdown, label
     targets = markdown.split("## Targets")[1].split("\n## ")[0]
     verdicts = [line.rsplit("|", 2)[1].strip() for line in targets.splitlines() if line.startswith("| ")][1:]
-    # at 30 patients: ETL/floor, naive/ETL, incremental/full x 2 registries; RSS growth needs 1,000 and 50,000
-    assert len(verdicts) == 5 and verdicts.count("not measured") == 1
+    # at 30 patients: ETL/floor, naive/ETL, incremental/full and changes-only/full x 2 registries; RSS growth
+    # needs 1,000 and 50,000
+    assert len(verdicts) == 7 and verdicts.count("not measured") == 1
     assert all(v in ("**met**", "**not met**", "not measured") for v in verdicts)
     assert markdown.rstrip().endswith("A note written by hand.")          # hand-written notes survive
 
@@ -117,6 +123,11 @@ def test_change_share_is_deterministic_and_about_one_percent(tmp_path, cohort_fa
     assert first == second and 0.005 * total < first < 0.02 * total
     for path in sorted(cohort.glob("*.ndjson")):
         assert (tmp_path / "a" / path.name).read_text() == (tmp_path / "b" / path.name).read_text()
+    # on top of the first change, a second one whose changed resources alone are also written
+    again = change_share(tmp_path / "a", tmp_path / "c", seed=10, version=3, delta=tmp_path / "d")
+    delta = [line for p in sorted((tmp_path / "d").glob("*.ndjson")) for line in p.read_text().splitlines()]
+    assert len(delta) == again and all('"versionId":"3"' in line for line in delta)
+    assert set(delta) <= {line for p in (tmp_path / "c").glob("*.ndjson") for line in p.read_text().splitlines()}
 
 
 def test_projection_skips_a_size_that_would_take_too_long():
