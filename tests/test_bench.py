@@ -139,3 +139,14 @@ def test_projection_skips_a_size_that_would_take_too_long():
     assert math.isclose(wall, 300 + 240 / 9000 * 40000) and math.isclose(rss, 4000 + 3400 / 9000 * 40000)
     assert skip_reason(rows, 50000, max_etl_minutes=20).startswith("projected from the smaller sizes")
     assert skip_reason(rows[:1], 2000, max_etl_minutes=25) is None
+
+
+def test_etl_only_sizes_measure_floor_and_full_runs(tmp_path):
+    """`--etl-only-above`: a large size gets the floor and the full ETL runs, nothing else."""
+    stand_in = tmp_path / "stand_in.py"
+    stand_in.write_text(STAND_IN)
+    lines, markdown = _bench(tmp_path, "--dlmreg", f"{sys.executable} {stand_in}", "--etl-only-above", "10",
+                             "--registries", "sqlite")
+    steps = {(r["step"], r["registry"]) for r in lines if "step" in r}
+    assert steps == {("synth", None), ("floor", "PostgreSQL"), ("etl", "SQLite")}
+    assert "ETL SQLite (`dlmreg run`" in markdown and "incremental SQLite" not in markdown
