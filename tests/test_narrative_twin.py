@@ -83,7 +83,25 @@ def test_note_nlp_rows_record_the_findings(twins):
     assert len(rows) > 100
     assert {r[0] for r in rows} == {rows[0][0]} and rows[0][0].startswith("dlmreg-rules ")
     assert {r[1] for r in rows} == {"Y", "N"}
-    assert all(r[2].startswith("finding=") and r[3] and r[4] and int(r[5]) >= 0 for r in rows)
+    # report text is not stored unless configured: no snippets, and NOTE holds no text
+    assert all(r[2].startswith("finding=") and r[3] and not r[4] and int(r[5]) >= 0 for r in rows)
+    notes = _rows(twins["narrative"]["url"], "SELECT note_title, note_text FROM {cdm}note")
+    assert notes and all(title and text == "" for title, text in notes)
+
+
+def test_report_text_is_stored_when_configured(cohort_factory, tmp_path, monkeypatch):
+    source = cohort_factory(4, 71, narrative_only_share=1.0)
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    monkeypatch.setenv("DLMREG_STORE_NOTE_TEXT", "1")
+    run(RunSettings(source=str(source), registry_url=url, out_dir=tmp_path / "out", show_progress=False))
+    notes = _rows(url, "SELECT note_text FROM {cdm}note")
+    snippets = _rows(url, "SELECT snippet, lexical_variant FROM {cdm}note_nlp")
+    assert notes and all(len(text) > 50 for (text,) in notes)
+    assert snippets and all(lexical in snippet for snippet, lexical in snippets)
+    # turning it off again re-maps every patient (the setting is part of the mapping digest): text gone
+    monkeypatch.delenv("DLMREG_STORE_NOTE_TEXT")
+    run(RunSettings(source=str(source), registry_url=url, out_dir=tmp_path / "out2", show_progress=False))
+    assert all(text == "" for (text,) in _rows(url, "SELECT note_text FROM {cdm}note"))
 
 
 def test_structured_cohort_text_agrees_with_its_structured_facts(twins):

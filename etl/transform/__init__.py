@@ -100,7 +100,7 @@ def map_patient(key: str, resources: list[tuple[str, str | None, str]], codes: C
 
     Every row derived here belongs to this patient: references are followed within the patient only.
     """
-    ctx = MapContext(codes, ids, run_date=run_date)
+    ctx = MapContext(codes, ids, run_date=run_date, store_note_text=note.store_note_text())
     ids.patient = key
     for resource_type, version, text in resources:
         ids.version = version

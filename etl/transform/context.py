@@ -109,6 +109,7 @@ class MapContext:
     event_keys: dict[int, str] = field(default_factory=dict)       # dlm event id -> FHIR source key
     run_date: dt.date = field(default_factory=dt.date.today)       # NOTE_NLP.nlp_date
     text_notes: list = field(default_factory=list)                 # etl.lesions.text.TextNote per read note
+    store_note_text: bool = False                                  # keep report text (etl.transform.note)
 
     def person_id(self, resource: dict) -> int | None:
         for key in ("subject", "patient"):

@@ -2,7 +2,7 @@
 
 | rule | destination | source | logic |
 |---|---|---|---|
-| N1 | note_text | presentedForm / content.attachment (inline data) else conclusion | base64-decoded: text/plain as UTF-8, text/html without tags, application/pdf its text layer; `url` attachments are not fetched |
+| N1 | note_text | presentedForm / content.attachment (inline data) else conclusion | base64-decoded: text/plain as UTF-8, text/html without tags, application/pdf its text layer; `url` attachments are not fetched. Stored only when `DLMREG_STORE_NOTE_TEXT` is on; otherwise "" (the text is read for its facts, NOTE_NLP, and not kept) |
 | N2 | note_date | effectiveDateTime / issued; DocumentReference.date | |
 | N3 | note_type_concept_id | report kind | radiology report 32841, pathology report 32835, else EHR note 32831 |
 | N4 | note_class_concept_id, encoding_concept_id | none | 0: LOINC document classes and UTF-8 not verified in a public source |
@@ -14,11 +14,21 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 from html.parser import HTMLParser
 
 from etl.transform import note_nlp
 from etl.transform.context import MapContext
 from etl.transform.fhirdata import effective_dates, to_date, to_datetime
+
+STORE_TEXT_ENV = "DLMREG_STORE_NOTE_TEXT"
+
+
+def store_note_text() -> bool:
+    """Whether report text is kept in NOTE.note_text and NOTE_NLP.snippet (off unless configured: report
+    text can name people, so by default only the facts extracted from it are stored)."""
+    return os.environ.get(STORE_TEXT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
 
 NOTE_TYPE = {"imaging_ct": "type_radiology_report", "imaging_mri": "type_radiology_report",
              "pathology_report": "type_pathology_report"}
@@ -97,7 +107,7 @@ def _note(ctx: MapContext, key: str, person_id: int, when, when_text, title: str
     ctx.add("note", {
         "note_id": note_id, "person_id": person_id, "note_date": when,
         "note_datetime": to_datetime(when_text), "note_type_concept_id": ctx.codes.convention(type_meaning),
-        "note_class_concept_id": 0, "note_title": title[:250], "note_text": text, "encoding_concept_id": 0,
+        "note_class_concept_id": 0, "note_title": title[:250], "note_text": text if ctx.store_note_text else "", "encoding_concept_id": 0,
         "language_concept_id": ctx.codes.convention("language_english") if english else 0,
         "note_source_value": source[:50],
     })

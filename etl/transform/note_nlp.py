@@ -3,7 +3,7 @@
 | rule | destination | source | logic |
 |---|---|---|---|
 | P1 | (which notes) | the report's or document's meaning | imaging_ct, imaging_mri, imaging_note -> imaging; operative_note -> operative; pathology_report -> pathology; other notes are not read |
-| P2 | snippet, offset, lexical_variant | the mention | the sentence (<= 250 characters), the character offset, the words naming the lesion |
+| P2 | snippet, offset, lexical_variant | the mention | the sentence (<= 250 characters; only when report text is stored, etl.transform.note.store_note_text, else empty), the character offset, the words naming the lesion |
 | P3 | term_exists | finding | "N" for findings of absence (not_visible, not_found_on_ious, no_viable_tumor, no_recurrence), else "Y" |
 | P4 | term_modifiers | finding, segment, size, context | `finding=...;segment=...;size_mm=...;` then the context seen (negated, hedged, historical) |
 | P5 | note_nlp_concept_id, note_nlp_source_concept_id, section_concept_id | none | 0: the findings are the registry's own terms, with no verified OMOP concept |
@@ -36,7 +36,7 @@ def from_note(ctx: MapContext, note_key: str, note_id: int, person_id: int, when
             modifiers.append(f"size_mm={mention.size_mm:g}")
         ctx.add("note_nlp", {
             "note_nlp_id": ctx.ids.id("note_nlp", f"{note_key}#nlp{index}"), "note_id": note_id,
-            "section_concept_id": 0, "snippet": mention.snippet[:250], "offset": str(mention.offset),
+            "section_concept_id": 0, "snippet": mention.snippet[:250] if ctx.store_note_text else None, "offset": str(mention.offset),
             "lexical_variant": mention.lexical_variant[:250] or mention.finding, "note_nlp_concept_id": 0,
             "note_nlp_source_concept_id": 0, "nlp_system": f"{NLP_SYSTEM} {NLP_VERSION}",
             "nlp_date": ctx.run_date, "term_exists": "N" if mention.finding in ABSENT else "Y",

@@ -23,6 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 import mappings
+from etl.transform.note import store_note_text
 from etl.vocabulary import CodeMap
 
 _ETL = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def mapping_salt(codes: CodeMap, window_months: float) -> str:
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     rows = sorted((m.system, m.code, m.display, m.meaning, m.domain, m.concept_id, m.vocabulary) for m in codes.mappings)
-    digest.update(repr((rows, sorted(codes.conventions.items()), float(window_months))).encode())
+    digest.update(repr((rows, sorted(codes.conventions.items()), float(window_months), store_note_text())).encode())
     return digest.hexdigest()
 
 
