@@ -191,13 +191,20 @@ class _Stager:
             self._quarantine(location, verdict[12:], resource_type, raw_sha,
                              json.dumps(json.loads(clean), ensure_ascii=False))
 
+    def digest(self, resource: dict) -> bytes:
+        """The staged hash: of the resource as received, and of the date shift when it is on (turning it on or
+        off, or changing it, restages every resource and so re-maps every patient)."""
+        if not self.pseudo.date_shift_days:
+            return _digest(resource)
+        return hashlib.sha256(_digest(resource) + b"|date-shift:%d" % self.pseudo.date_shift_days).digest()
+
     def spool_item(self, record: RawRecord, resource: dict) -> list:
         owner = patient_of(resource)
         resource_type = resource["resourceType"]
         clean = deidentify(resource, self.pseudo)
         meta = resource.get("meta") or {}
         return [record.location, resource_type, clean["id"], self.pseudo.patient(owner) if owner else None,
-                _last_updated(resource), meta.get("versionId"), _digest(resource).hex(), _sha(record.text),
+                _last_updated(resource), meta.get("versionId"), self.digest(resource).hex(), _sha(record.text),
                 _COMPACT(clean)]
 
     # -- staging ---------------------------------------------------------------------------------------
@@ -205,7 +212,7 @@ class _Stager:
         resource_type = resource["resourceType"]
         key = (sys.intern(resource_type),
                self.pseudo.patient(resource["id"]) if resource_type == "Patient" else resource["id"])
-        digest = _digest(resource)
+        digest = self.digest(resource)
         self._stage(key, _last_updated(resource), digest,
                     lambda: self._row(key, resource.get("meta") or {}, owner_key, digest.hex(),
                                       _COMPACT(deidentify(resource, self.pseudo))))

@@ -7,7 +7,9 @@ lesion identity must survive across studies.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 
 from etl.stage.pseudonym import Pseudonymizer
 
@@ -41,15 +43,43 @@ def patient_of(resource: dict) -> str | None:
     return None
 
 
-def _rewrite(node, pseudo: Pseudonymizer):
+# FHIR date, dateTime and instant values: the element names that hold them (meta.lastUpdated is left alone:
+# it is the server's bookkeeping, not the patient's history).
+_DATE_KEYS = frozenset({"start", "end", "date", "issued", "birthDate", "recordedDate", "authoredOn", "recorded",
+                        "lastOccurrence", "whenHandedOver", "whenPrepared", "dateAsserted", "created"})
+_DATE_VALUE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?(T.*)?$")
+
+
+def _is_date_key(key: str) -> bool:
+    return key in _DATE_KEYS or key.endswith(("DateTime", "Date", "Instant"))
+
+
+def shift_date(value: str, days: int) -> str:
+    """A FHIR date / dateTime / instant moved by `days`, at its own precision: a year or a month moves from
+    its middle ("2020-03" shifted 10 days back stays "2020-03"); a dateTime keeps its time and zone.
+    Anything else is returned as it is."""
+    found = _DATE_VALUE.match(value)
+    if not found:
+        return value
+    year, month, day, rest = found.groups()
+    try:
+        middle = dt.date(int(year), int(month or 7), int(day or (15 if month else 2)))
+        moved = middle + dt.timedelta(days=days)
+    except (ValueError, OverflowError):
+        return value
+    text = moved.isoformat()
+    return text[:4] if month is None else text[:7] if day is None else text + (rest or "")
+
+
+def _rewrite(node, pseudo: Pseudonymizer, days: int = 0):
     if isinstance(node, dict):
-        return _rewrite_dict(node, pseudo)
+        return _rewrite_dict(node, pseudo, days)
     if isinstance(node, list):
-        return [_rewrite(item, pseudo) for item in node]
+        return [_rewrite(item, pseudo, days) for item in node]
     return node
 
 
-def _rewrite_dict(node: dict, pseudo: Pseudonymizer) -> dict:
+def _rewrite_dict(node: dict, pseudo: Pseudonymizer, days: int = 0) -> dict:
     # Recurses only into containers (a call per leaf made this a fifth of the stage).
     patient_id = patient_reference_id(node) if "reference" in node else None
     out = {}
@@ -57,9 +87,11 @@ def _rewrite_dict(node: dict, pseudo: Pseudonymizer) -> dict:
         if key == "identifier" or (patient_id and key == "display"):
             continue
         if isinstance(value, dict):
-            value = _rewrite_dict(value, pseudo)
+            value = _rewrite_dict(value, pseudo, 0 if key == "meta" else days)
         elif isinstance(value, list):
-            value = [_rewrite(item, pseudo) for item in value]
+            value = [_rewrite(item, pseudo, days) for item in value]
+        elif days and isinstance(value, str) and _is_date_key(key):
+            value = shift_date(value, days)
         out[key] = value
     if patient_id:
         out["reference"] = "Patient/" + pseudo.patient(patient_id)
@@ -67,12 +99,16 @@ def _rewrite_dict(node: dict, pseudo: Pseudonymizer) -> dict:
 
 
 def deidentify(resource: dict, pseudo: Pseudonymizer) -> dict:
-    """A copy of `resource` safe to store."""
+    """A copy of `resource` safe to store (dates moved when the per-patient date shift is on)."""
+    days = pseudo.date_shift(patient_of(resource))
     if resource["resourceType"] == "Patient":
         kept = {k: resource[k] for k in PATIENT_KEPT if k in resource}
         kept["id"] = pseudo.patient(resource["id"])
+        for key in ("birthDate", "deceasedDateTime"):
+            if days and isinstance(kept.get(key), str):
+                kept[key] = shift_date(kept[key], days)
         return kept
-    clean = _rewrite(resource, pseudo)
+    clean = _rewrite(resource, pseudo, days)
     if resource["resourceType"] == "BodyStructure":
         owner = patient_of(resource) or ""
         clean["identifier"] = [
