@@ -7,12 +7,14 @@ from the log of an uninterrupted run of the same input.
 from __future__ import annotations
 
 import datetime as dt
+import random
 import re
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from tests.registry_compare import assert_same_registry
@@ -66,3 +68,49 @@ def test_killed_loads_recover(cohort_factory, tmp_path, registry_factory):
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert_same_registry(url, reference)
         assert sorted(_run_statuses(url)) == ["published", "running"]
+
+
+KILL_POINTS = 16   # independent kills, spread over a whole run
+CHAIN = 6          # successive kills of one registry before the run that completes
+
+
+@pytest.mark.slow
+def test_many_random_kill_points_recover(cohort_factory, tmp_path, registry_factory):
+    """`kill -9` at KILL_POINTS seeded random moments of a run (each its own registry, then a re-run), and
+    a chain of CHAIN kills of one registry at random moments of each successive re-run: every registry ends
+    identical to an uninterrupted load. Prints the kill points survived (recorded in the README)."""
+    source = cohort_factory(40, 13)
+    reference = registry_factory()
+    started = time.monotonic()
+    completed = subprocess.run(_command(source, reference, tmp_path / "ref"), capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    duration = time.monotonic() - started
+    rng = random.Random(2026)
+    survived = 0
+
+    def killed_run(url: str, out: str) -> bool:
+        """Start a run and SIGKILL it at a random moment; False if it finished first."""
+        process = subprocess.Popen(_command(source, url, tmp_path / out), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, duration))
+        process.send_signal(signal.SIGKILL)
+        return process.wait() == -signal.SIGKILL
+
+    for number in range(KILL_POINTS):
+        url = registry_factory()
+        was_killed = killed_run(url, f"killed{number}")
+        rerun = subprocess.run(_command(source, url, tmp_path / f"rerun{number}"), capture_output=True, text=True,
+                               timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert_same_registry(url, reference)
+        survived += was_killed
+    chain = registry_factory()
+    for number in range(CHAIN):
+        survived += killed_run(chain, f"chain{number}")
+    final = subprocess.run(_command(source, chain, tmp_path / "chain_final"), capture_output=True, text=True,
+                           timeout=600)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert_same_registry(chain, reference)
+    print(f"kill points survived: {survived} of {KILL_POINTS + CHAIN} kills (the others came after the run ended)")
+    assert survived >= (KILL_POINTS + CHAIN) * 0.7
