@@ -49,13 +49,19 @@ def _fields(conn_id: str) -> dict:
 
 
 @contextmanager
-def _reason_kept():
-    """Keep a failing task's one-line reason (XCom `failure`) for the teardown to record in dlm_run."""
+def _reason_kept(*no_retry: type[Exception]):
+    """Keep a failing task's one-line reason (XCom `failure`) for the teardown to record in dlm_run; an
+    error of a `no_retry` type fails the task at once (retrying will not help: the data or the
+    configuration, not the machine, is wrong)."""
     try:
         yield
     except Exception as exc:
         reason = f"{get_current_context()['ti'].task_id}: {exc}".splitlines()[0][:500]
         get_current_context()["ti"].xcom_push(key="failure", value=reason)
+        if isinstance(exc, no_retry):
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
         raise
 
 
@@ -88,16 +94,11 @@ def etl_dag(site: Site, full: bool):
 
     @task(pool=site.pool, execution_timeout=timedelta(hours=2), **NETWORK_RETRIES)
     def extract(settings: dict, resource_type: str) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from etl.connections import ConnectionConfigError
         from etl.scheduled import extract as extract_one
 
-        with _reason_kept():
-            try:
-                return extract_one(settings, resource_type, _fields(site.fhir_conn_id))
-            except ConnectionConfigError as exc:  # a misconfigured connection: retrying will not help
-                raise AirflowFailException(str(exc)) from exc
+        with _reason_kept(ConnectionConfigError):  # a misconfigured connection
+            return extract_one(settings, resource_type, _fields(site.fhir_conn_id))
 
     @task(execution_timeout=timedelta(hours=2), **NETWORK_RETRIES)
     def stage(settings: dict, extracts: list[dict]) -> dict:
@@ -109,42 +110,27 @@ def etl_dag(site: Site, full: bool):
 
     @task(retries=0, execution_timeout=timedelta(hours=2))
     def load_and_audit(settings: dict, staged: dict) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from etl.pipeline import RunFailed
         from etl.scheduled import load_and_audit as audit
 
-        with _reason_kept():
-            try:
-                return audit(settings, _registry(site))
-            except RunFailed as exc:  # the one-line reason; no retry (the data, not the machine, is wrong)
-                raise AirflowFailException(str(exc)) from exc
+        with _reason_kept(RunFailed):  # failed critical checks
+            return audit(settings, _registry(site))
 
     @task(retries=1, execution_timeout=timedelta(hours=2))
     def map_partition(settings: dict, staged: dict, part: int) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from etl.pipeline import RunFailed
         from etl.scheduled import map_partition as map_one
 
-        with _reason_kept():
-            try:
-                return map_one(settings, _registry(site), part)
-            except RunFailed as exc:  # a registry that cannot take partitions: retrying will not help
-                raise AirflowFailException(str(exc)) from exc
+        with _reason_kept(RunFailed):  # a registry that cannot take partitions
+            return map_one(settings, _registry(site), part)
 
     @task(retries=0, execution_timeout=timedelta(hours=2))
     def audit_partitions(settings: dict, mapped: list[dict]) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from etl.pipeline import RunFailed
         from etl.scheduled import audit_partitions as audit
 
-        with _reason_kept():
-            try:
-                return audit(settings, _registry(site), [mapped[i] for i in range(len(mapped))])
-            except RunFailed as exc:
-                raise AirflowFailException(str(exc)) from exc
+        with _reason_kept(RunFailed):  # failed critical checks
+            return audit(settings, _registry(site), [mapped[i] for i in range(len(mapped))])
 
     @task(outlets=[registry_asset(site)], execution_timeout=timedelta(minutes=10))
     def publish(settings: dict, staged: dict, audited: dict) -> str:

@@ -74,11 +74,17 @@ def load_audit_task(run_id: str, source: str, registry_url: str, today: str, win
         mapped = pipeline.load_and_audit(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
                                          window_months, dt.date.fromisoformat(today), show_progress=False,
                                          data_docs_dir=Path(out_dir) / pipeline.DATA_DOCS if out_dir else None)
-    audit = {"quality": mapped["quality"], "lesion_flow": mapped["lesion_flow"]}
-    if not mapped["quality"]["publishable"]:
-        raise pipeline.critical_failure(mapped["quality"], audit)
-    return {"rows": mapped["rows"], "lesion_groups": mapped["lesion_groups"], "warnings": mapped["warnings"],
-            "unmapped_codes": len(mapped["unmapped_codes"]), **audit}
+    return _publishable(mapped)
+
+
+def _publishable(audited: dict) -> dict:
+    """The counts an orchestrator passes on from an audit; raises RunFailed (with `quality` and `lesion_flow`
+    as its `audit`) when a critical check failed."""
+    audit = {"quality": audited["quality"], "lesion_flow": audited["lesion_flow"]}
+    if not audited["quality"]["publishable"]:
+        raise pipeline.critical_failure(audited["quality"], audit)
+    return {"rows": audited["rows"], "lesion_groups": audited["lesion_groups"], "warnings": audited["warnings"],
+            "unmapped_codes": len(audited["unmapped_codes"]), **audit}
 
 
 def map_partition_task(run_id: str, registry_url: str, part: int, parts: int, today: str,
@@ -110,12 +116,8 @@ def audit_partitions_task(run_id: str, source: str, registry_url: str, today: st
         audited = pipeline.audit_partitions(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
                                             dt.date.fromisoformat(today),
                                             data_docs_dir=Path(out_dir) / pipeline.DATA_DOCS if out_dir else None)
-    audit = {"quality": audited["quality"], "lesion_flow": audited["lesion_flow"]}
-    if not audited["quality"]["publishable"]:
-        raise pipeline.critical_failure(audited["quality"], audit)
     total = {k: sum(m[k] for m in mapped) for k in ("patients", "mapped", "removed", "resources")}
-    return {"rows": audited["rows"], "lesion_groups": audited["lesion_groups"], "warnings": audited["warnings"],
-            "unmapped_codes": len(audited["unmapped_codes"]), "map": {"partitions": len(mapped), **total}, **audit}
+    return {**_publishable(audited), "map": {"partitions": len(mapped), **total}}
 
 
 def publish_task(run_id: str, registry_url: str, out_dir: str, run_info: dict, quality: dict) -> str:
