@@ -104,10 +104,7 @@ def deidentify(resource: dict, pseudo: Pseudonymizer) -> dict:
     if resource["resourceType"] == "Patient":
         kept = {k: resource[k] for k in PATIENT_KEPT if k in resource}
         kept["id"] = pseudo.patient(resource["id"])
-        for key in ("birthDate", "deceasedDateTime"):
-            if days and isinstance(kept.get(key), str):
-                kept[key] = shift_date(kept[key], days)
-        return kept
+        return _rewrite_dict(kept, pseudo, days) if days else kept   # birthDate, deceasedDateTime
     clean = _rewrite(resource, pseudo, days)
     if resource["resourceType"] == "BodyStructure":
         owner = patient_of(resource) or ""

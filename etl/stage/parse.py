@@ -41,9 +41,9 @@ def parse_record(record: RawRecord, validator: ElementValidator | ModelValidator
     if not isinstance(resource_type, str) or not resource_type:
         return Rejected("missing resourceType")
     if record.expected_type and resource_type != record.expected_type:
-        return Rejected(f"resourceType {resource_type[:64]} in a file of {record.expected_type}", resource_type[:64])
+        return Rejected(f"resourceType {resource_type[:64]} in a file of {record.expected_type}", resource_type)
     if not isinstance(resource.get("id"), str) or not resource["id"]:
-        return Rejected("missing id", resource_type[:64])
+        return Rejected("missing id", resource_type)
     try:
         problem = (validator or _DEFAULT).check(resource)
     except UnknownType:

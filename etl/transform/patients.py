@@ -3,13 +3,13 @@
 A patient's rows are a function of its staged resources and of the mapping itself (code, mapping CSVs,
 settings). Its digest hashes both; `dlm_patient_digest` keeps the digest each patient was last mapped
 from, so a run re-maps only patients whose digest changed and removes the rows of patients no longer
-staged. Changing the mapping code, a mapping CSV or the follow-up window changes every digest: the next
-run re-maps everyone.
+staged. Changing the mapping code, a mapping CSV, the follow-up window or whether report text is stored
+changes every digest: the next run re-maps everyone.
 
 | rule | what | logic |
 |---|---|---|
 | PD1 | patient digest | sha256 of the mapping salt, the patient's resource count and the sum (mod 2^256) of its resources' staged sha256 (order-free, read from the index on `fhir_resource(patient_key, sha256)`) |
-| PD2 | mapping salt | sha256 of the source of etl.transform, etl.lesions, etl.nlp and etl.vocabulary, every file in mappings/, the loaded code map (site CSVs included) and the follow-up window |
+| PD2 | mapping salt | sha256 of the source of etl.transform, etl.lesions, etl.nlp and etl.vocabulary, every file in mappings/, the loaded code map (site CSVs included), the follow-up window and the report-text setting (etl.transform.note.store_note_text) |
 | PD3 | partition k of n | patients whose key is in [k/n, (k+1)/n) of the 32-bit space of the key's first 8 hex digits (keys are HMAC hex digests, so partitions are even); the first and last ranges are open, so any key has one partition |
 """
 from __future__ import annotations
