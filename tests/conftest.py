@@ -117,6 +117,14 @@ def airflow_home(tmp_path_factory):
         yield home
 
 
+def registry_connection(url: str) -> dict:
+    """An Airflow connection (the JSON of an AIRFLOW_CONN_* variable) for a registry URL of the tests."""
+    u = sa.engine.make_url(url)
+    if u.get_backend_name() == "sqlite":
+        return {"conn_type": "sqlite", "host": u.database}
+    return {"conn_type": "postgres", "host": u.host, "port": u.port, "schema": u.database, "login": u.username}
+
+
 @pytest.fixture(scope="module")
 def pg_url_module():
     """A fresh PostgreSQL database shared by one test module."""

@@ -6,13 +6,14 @@ together); here the DAG's wiring, its tasks and the refusal on SQLite."""
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import _fresh_pg_database
+from tests.conftest import _fresh_pg_database, registry_connection
 from tests.fhir_server import FhirTestServer
 from tests.registry_compare import assert_same_registry
 
@@ -33,7 +34,7 @@ PARTITIONED_GRAPH = {
 @pytest.fixture(scope="module")
 def sites(airflow_home, tmp_path_factory):
     """Three sites on one server: partitioned and sequential on PostgreSQL, partitioned on SQLite."""
-    if not __import__("os").environ.get("DLMREG_TEST_PG_URL"):
+    if not os.environ.get("DLMREG_TEST_PG_URL"):
         pytest.skip("DLMREG_TEST_PG_URL not set (scripts/test.sh starts a PostgreSQL)")
     root = tmp_path_factory.mktemp("partition_sites")
     path = root / "sites.yaml"
@@ -51,13 +52,7 @@ def sites(airflow_home, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DLMREG_SITES_FILE", str(path))
         for site, url in urls.items():
-            if site == "lite":
-                value = {"conn_type": "sqlite", "host": str(root / "lite.sqlite")}
-            else:
-                u = sa.engine.make_url(url)
-                value = {"conn_type": "postgres", "host": u.host, "port": u.port, "schema": u.database,
-                         "login": u.username}
-            mp.setenv(f"AIRFLOW_CONN_REGISTRY_{site.upper()}", json.dumps(value))
+            mp.setenv(f"AIRFLOW_CONN_REGISTRY_{site.upper()}", json.dumps(registry_connection(url)))
         yield {"root": root, **urls}
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import registry_connection
 from tests.fhir_server import FhirTestServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,17 +47,12 @@ def sites(airflow_home, tmp_path_factory, pg_url_module):
           - {{id: site_b, start_date: "2026-03-01", registry_conn_id: registry_b, overlap_seconds: 0,
              out_dir: "{root / 'out_b'}", pool: fhir_shared_b, resource_types: [Patient, Condition]}}
     """))
-    url = sa.engine.make_url(pg_url_module)
-    connections = {
-        "AIRFLOW_CONN_REGISTRY_A": {"conn_type": "postgres", "host": url.host, "port": url.port,
-                                    "schema": url.database, "login": url.username},
-        "AIRFLOW_CONN_REGISTRY_B": {"conn_type": "sqlite", "host": str(root / "registry_b.sqlite")},
-    }
+    urls = {"registry_a": pg_url_module, "registry_b": f"sqlite:///{root / 'registry_b.sqlite'}"}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DLMREG_SITES_FILE", str(path))
-        for name, value in connections.items():
-            mp.setenv(name, json.dumps(value))
-        yield {"root": root, "registry_a": pg_url_module, "registry_b": f"sqlite:///{root / 'registry_b.sqlite'}"}
+        for name, url in urls.items():
+            mp.setenv(f"AIRFLOW_CONN_{name.upper()}", json.dumps(registry_connection(url)))
+        yield {"root": root, **urls}
 
 
 @pytest.fixture(scope="module")
