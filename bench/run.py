@@ -229,11 +229,17 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
         else:
             (work / f"registry_{patients}.sqlite").unlink(missing_ok=True)
 
-    if etl_only:
-        shutil.rmtree(cohort, ignore_errors=True)
-        return rows
+    if not etl_only:
+        rows.append(_naive_row(patients, cohort, total, server_url, logs, etl_env, naive_sample))
+    for directory in (cohort, changed_cohort, delta_cohort):
+        shutil.rmtree(directory, ignore_errors=True)
+    return rows
+
+
+def _naive_row(patients: int, cohort: Path, total: int, server_url: str, logs: Path, etl_env: dict,
+               naive_sample: int) -> dict:
     database = fresh_database(server_url, "naive")
-    naive = measure([python, str(BENCH / "naive.py"), "--source", str(cohort), "--pg-url", database,
+    naive = measure([sys.executable, str(BENCH / "naive.py"), "--source", str(cohort), "--pg-url", database,
                      "--sample", str(naive_sample)], logs / "naive", env=etl_env)
     drop_database(server_url, database)
     inner = json.loads(naive["stdout"]) if not naive["error"] else {}
@@ -242,13 +248,8 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
         # reading of the naive loader, so naive/ETL is if anything understated.
         naive = {**naive, "wall_s": inner["work_s"] * inner["total"] / inner["sample"],
                  "cpu_s": inner["work_cpu_s"] * inner["total"] / inner["sample"]}
-    rows.append(_row(patients, "naive", "PostgreSQL", naive, resources=inner.get("total", total),
-                     sample=inner.get("sample"), sample_work_s=inner.get("work_s"),
-                     extrapolated=True))
-    shutil.rmtree(cohort, ignore_errors=True)
-    shutil.rmtree(changed_cohort, ignore_errors=True)
-    shutil.rmtree(delta_cohort, ignore_errors=True)
-    return rows
+    return _row(patients, "naive", "PostgreSQL", naive, resources=inner.get("total", total),
+                sample=inner.get("sample"), sample_work_s=inner.get("work_s"), extrapolated=True)
 
 
 def projected(rows: list[dict], patients: int) -> tuple[float, float] | None:
