@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+from etl.nlp.technique import protocol_met
 from etl.transform.context import MapContext
 from etl.transform.fhirdata import first_reference_id
 
@@ -82,5 +83,4 @@ def finalize(ctx: MapContext) -> None:
         report_id = row.pop("_report")
         row["size_mm"] = ctx.sizes.get((row["lesion_id"], report_id))
         if row["modality"] == "mri" and report_id in ctx.mri_protocol:
-            flags = ctx.mri_protocol[report_id]
-            row["mri_protocol_met"] = bool(flags.get("mri_dwi") and flags.get("mri_hepatobiliary_phase"))
+            row["mri_protocol_met"] = protocol_met(ctx.mri_protocol[report_id])

@@ -49,7 +49,8 @@ def mri_technique(text: str) -> dict[str, bool | None]:
 
 
 def protocol_met(technique: dict[str, bool | None]) -> bool | None:
-    """DREAM's MRI protocol from the technique: True only when both were done, None when neither was said."""
+    """DREAM's MRI protocol from the technique (read from text, or the structured flags of etl.lesions.facts
+    rule F6): True only when both were done, None when neither was said."""
     if all(v is None for v in technique.values()):
         return None
     return bool(technique.get("mri_dwi") and technique.get("mri_hepatobiliary_phase"))
