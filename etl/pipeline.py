@@ -278,15 +278,8 @@ def audit_partitions(registry: Registry, codes: CodeMap, run_id: str, source: st
                      data_docs_dir: Path | None = None) -> dict:
     """After every map_partition of a run: replace the global tables (vocabulary subset, cdm_source) and run
     the quality checks on the registry as committed. Returns what load_and_audit returns (without `map`)."""
-    t = registry.tables
-    with registry.engine.connect() as conn:
-        transaction = conn.begin()
-        try:
-            audited = _audit(conn, t, codes, source, today, data_docs_dir, registry)
-        except BaseException:
-            transaction.rollback()
-            raise
-        transaction.commit()
+    with registry.engine.begin() as conn:
+        audited = _audit(conn, registry.tables, codes, source, today, data_docs_dir, registry)
     return _store_audit(registry, run_id, audited)
 
 
