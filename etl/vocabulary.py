@@ -90,7 +90,7 @@ class CodeMap:
         return self.conventions[meaning]
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict]:
+def read_mapping_csv(path: Path, columns: tuple[str, ...]) -> list[dict]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = set(columns) - set(reader.fieldnames or ())
@@ -120,11 +120,11 @@ def load_code_map(extra_dirs: Iterable[Path] | None = None) -> CodeMap:
         code_files.extend(sorted(p for p in directory.glob("*.csv")))
     rows = []
     for path in code_files:
-        for row in _read_csv(path, CODE_COLUMNS):
+        for row in read_mapping_csv(path, CODE_COLUMNS):
             concept_id = int(row["target_concept_id"] or 0)
             rows.append(Mapping(row["source_system"].strip(), row["source_code"].strip(), row["source_display"],
                                 row["registry_meaning"].strip(), row["domain_id"].strip(), concept_id,
                                 row["target_vocabulary_id"].strip()))
     conventions = {row["meaning"]: int(row["concept_id"])
-                   for row in _read_csv(mappings.DIRECTORY / "omop_conventions.csv", CONVENTION_COLUMNS)}
+                   for row in read_mapping_csv(mappings.DIRECTORY / "omop_conventions.csv", CONVENTION_COLUMNS)}
     return CodeMap(rows, conventions)

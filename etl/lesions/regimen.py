@@ -19,7 +19,7 @@ import datetime as dt
 from functools import cache
 
 import mappings
-from etl.vocabulary import _read_csv as read_mapping_csv
+from etl.vocabulary import read_mapping_csv
 
 COLUMNS = ("drug_concept_id", "ingredient", "drug_class", "atc_code", "provenance")
 BACKBONES = ("oxaliplatin_and_irinotecan", "oxaliplatin_based", "irinotecan_based", "fluoropyrimidine_only",
