@@ -16,17 +16,16 @@ Streaming, in bounded memory:
 - New and changed rows are written in batches of at most `BATCH_ROWS` rows / `BATCH_CHARS` characters of
   JSON (etl.stage.store: on PostgreSQL new rows are copied straight into staging, changed ones copied to
   a temporary table and upserted; executemany on SQLite); deletions and quarantine rows are batched too.
-- What grows with the input is per resource identity, not per body (`_Index`): the staged hash of every
-  staged resource (read at the start, to skip unchanged ones) and whether, with which `lastUpdated`, it
-  was seen in this run (duplicates, and snapshot deletions); about 250 bytes per resource. The validator
-  remembers at most `etl.stage.validate.CACHE_ENTRIES` values.
+- What grows with the input is per resource identity, not per body, and it is kept on disk
+  (etl.stage.index): the staged hash of every staged resource (read at the start, to skip unchanged ones)
+  and whether, with which `lastUpdated`, it was seen in this run (duplicates, and snapshot deletions).
+  Memory holds patient ids only. The validator remembers at most `etl.stage.validate.CACHE_ENTRIES` values.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
-import sys
 import tempfile
 from collections.abc import Callable
 
@@ -36,6 +35,7 @@ from etl.extract import RawRecord
 from etl.progress import Progress
 from etl.stage.accounting import Accounting
 from etl.stage.deidentify import deidentified_text, deidentify, patient_of
+from etl.stage.index import StagingIndex
 from etl.stage.parse import Rejected, parse_record
 from etl.stage.pseudonym import Pseudonymizer
 from etl.stage.store import StagingStore
@@ -77,47 +77,9 @@ def _last_updated(resource: dict) -> str:
     return str((resource.get("meta") or {}).get("lastUpdated") or "")
 
 
-class _Index:
-    """Per staging key: the hash staged, and the `lastUpdated` of the copy kept if seen in this run.
-
-    One dict for both, the value packed in one bytes object (32-byte digest, then for a key seen in this
-    run a NUL and its lastUpdated): a resource costs its key and one small object.
-    """
-
-    def __init__(self):
-        self._data: dict[tuple[str, str], bytes] = {}
-
-    def load(self, rows) -> None:
-        """(resource_type, resource_id, sha256 hex) of what is staged."""
-        for resource_type, resource_id, sha in rows:
-            self._data[(sys.intern(resource_type), resource_id)] = bytes.fromhex(sha)
-
-    def digest(self, key: tuple[str, str]) -> bytes | None:
-        value = self._data.get(key)
-        return None if value is None else value[:32]
-
-    def seen(self, key: tuple[str, str]) -> str | None:
-        """The lastUpdated of the copy kept ("" if none), or None if the key was not seen in this run."""
-        value = self._data.get(key)
-        return None if value is None or len(value) == 32 else value[33:].decode("utf-8", "surrogatepass")
-
-    def mark(self, key: tuple[str, str], digest: bytes, last_updated: str) -> None:
-        self._data[key] = digest + b"\0" + last_updated.encode("utf-8", "surrogatepass")
-
-    def unseen(self) -> list[tuple[str, str]]:
-        return [key for key, value in self._data.items() if len(value) == 32]
-
-    def is_unseen(self, key: tuple[str, str]) -> bool:
-        value = self._data.get(key)
-        return value is not None and len(value) == 32
-
-    def drop(self, key: tuple[str, str]) -> None:
-        self._data.pop(key, None)
-
-
 class _Stager:
     def __init__(self, conn: sa.Connection, tables, pseudo: Pseudonymizer, run_id: str, source: str,
-                 supported_types: frozenset[str], show_progress: bool | None):
+                 supported_types: frozenset[str], show_progress: bool | None, index: StagingIndex):
         self.conn, self.pseudo, self.run_id, self.source = conn, pseudo, run_id, source
         self.supported_types = supported_types
         self.fetched_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -126,8 +88,9 @@ class _Stager:
         self.acct = Accounting()
         s = self.staging
         rows = conn.execute(sa.select(s.c.resource_type, s.c.resource_id, s.c.sha256)
+                            .order_by(s.c.resource_type, s.c.resource_id)   # appended in key order: fastest
                             .execution_options(yield_per=READ_CHUNK))
-        self.index = _Index()
+        self.index = index
         self.index.load(rows)
         # Rows to write, by key (a newer copy replaces), each with whether its key is absent from staging.
         self.pending: dict[tuple[str, str], tuple[dict, bool]] = {}
@@ -183,7 +146,7 @@ class _Stager:
         verdict = self._verdict(resource_type, owner_key, cohort, patients)
         if verdict is None:
             meta = {"versionId": version_id, "lastUpdated": last_updated or None}
-            self._stage((sys.intern(resource_type), resource_id), last_updated, bytes.fromhex(digest),
+            self._stage((resource_type, resource_id), last_updated, bytes.fromhex(digest),
                         lambda: self._row((resource_type, resource_id), meta, owner_key, digest, clean))
         elif verdict.startswith("excluded:"):
             self.acct.excluded[verdict[9:]] += 1
@@ -210,8 +173,7 @@ class _Stager:
     # -- staging ---------------------------------------------------------------------------------------
     def stage(self, resource: dict, owner_key: str | None) -> None:
         resource_type = resource["resourceType"]
-        key = (sys.intern(resource_type),
-               self.pseudo.patient(resource["id"]) if resource_type == "Patient" else resource["id"])
+        key = (resource_type, self.pseudo.patient(resource["id"]) if resource_type == "Patient" else resource["id"])
         digest = self.digest(resource)
         self._stage(key, _last_updated(resource), digest,
                     lambda: self._row(key, resource.get("meta") or {}, owner_key, digest.hex(),
@@ -223,7 +185,7 @@ class _Stager:
                 "source": self.source, "fetched_at": self.fetched_at, "resource_json": resource_json}
 
     def _stage(self, key: tuple[str, str], last_updated: str, digest: bytes, make_row: Callable[[], dict]) -> None:
-        kept = self.index.seen(key)
+        previous, kept = self.index.lookup(key)
         duplicate = kept is not None
         if duplicate:
             # Same identity twice in one input: the later copy wins only if it says it is newer.
@@ -233,7 +195,6 @@ class _Stager:
         else:
             self.acct.loaded += 1
             self.progress.step()
-        previous = self.index.digest(key)
         if previous == digest:
             self.index.mark(key, digest, last_updated)
             self.acct.changes["unchanged"] += 1
@@ -264,19 +225,21 @@ class _Stager:
     def remove_unseen(self) -> None:
         """The source is a full snapshot: staged resources it no longer has are deleted."""
         self.flush()
-        self._delete(self.index.unseen())
+        for keys in self.index.unseen_batches(BATCH_ROWS):
+            self._delete(keys)
 
     def remove_deleted(self, deleted: list[tuple[str, str]]) -> None:
         """Deletions the source reported (e.g. Bulk Data `deleted`), by FHIR type and id."""
         self.flush()
-        keys = {(t, self.pseudo.patient(i) if t == "Patient" else i) for t, i in deleted}
-        self._delete(sorted(key for key in keys if self.index.is_unseen(key)))
+        keys = sorted(key for key in {(t, self.pseudo.patient(i) if t == "Patient" else i) for t, i in deleted}
+                      if self.index.is_unseen(key))
+        for start in range(0, len(keys), BATCH_ROWS):
+            self._delete(keys[start:start + BATCH_ROWS])
 
     def _delete(self, keys: list[tuple[str, str]]) -> None:
-        for start in range(0, len(keys), BATCH_ROWS):
-            self.store.delete(keys[start:start + BATCH_ROWS])
-        for key in keys:
-            self.index.drop(key)
+        """Delete one batch of staged keys (at most `BATCH_ROWS`)."""
+        self.store.delete(keys)
+        self.index.drop(keys)
         self.acct.changes["deleted"] += len(keys)
 
     def staged_cohort(self, codes: CodeMap) -> tuple[set[str], set[str]]:
@@ -317,10 +280,11 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: 
     """
     snapshot = getattr(source, "is_snapshot", True)
     validator = make_validator(validation)
-    with engine.begin() as conn, tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogatepass") as spool:
+    with engine.begin() as conn, StagingIndex() as index, \
+            tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogatepass") as spool:
         # A repeated stage of the same run (a retried task) must not list its quarantine twice.
         conn.execute(tables["dlm_quarantine"].delete().where(tables["dlm_quarantine"].c.run_id == run_id))
-        stager = _Stager(conn, tables, pseudo, run_id, source.describe(), supported_types, show_progress)
+        stager = _Stager(conn, tables, pseudo, run_id, source.describe(), supported_types, show_progress, index)
         # Pass 1: Patients and Conditions, to find the cohort. Only ids stay in memory; the rest is spooled.
         winners: dict[str, tuple[int, str]] = {}   # Patient id -> (spool line of the copy kept, its lastUpdated)
         cohort_ids: set[str] = set()               # FHIR ids of patients with a liver-metastasis Condition
