@@ -170,10 +170,10 @@ def _results(out: Path) -> dict:
 
 
 def bench_size(patients: int, registries: list[str], server_url: str, work: Path, etl_env: dict,
-               naive_sample: int, dlmreg: list[str] | None = None, etl_only: bool = False) -> list[dict]:
+               naive_sample: int, dlmreg: list[str] | None = None, no_incremental: bool = False) -> list[dict]:
     """All measurements for one cohort size; the cohort and databases are removed afterwards.
 
-    `etl_only`: the floor and the full ETL runs only (no incremental runs, no naive baseline).
+    `no_incremental`: the floor, the full ETL runs and the naive sample, not the incremental runs.
 
     `dlmreg` is the command measured as the ETL (default `python -m etl.cli`, of the code under test);
     `dlmreg synth` always comes from etl.cli.
@@ -203,7 +203,7 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
                      work_s=inner.get("work_s")))
 
     changed = changed_again = None
-    if not etl_only:
+    if not no_incremental:
         changed = change_share(cohort, changed_cohort)
         # A second 1% change on top of the first, of which only the changed resources are given (`--delta`).
         changed_again = change_share(changed_cohort, again, seed=10, version=3, delta=delta_cohort)
@@ -214,7 +214,7 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
                else f"sqlite:///{work / f'registry_{patients}.sqlite'}")
         steps = (("etl", cohort, [], None), ("incremental", changed_cohort, [], changed),
                  ("incremental_delta", delta_cohort, ["--delta"], changed_again))
-        for step, source, flags, count in steps[:1] if etl_only else steps:
+        for step, source, flags, count in steps[:1] if no_incremental else steps:
             out = work / f"out_{patients}_{registry}_{step}"
             run = measure(etl_cli + ["run", "--source", str(source), *flags, "--registry", url, "--out", str(out),
                                  "--no-progress"], logs / f"{step}_{registry}", cwd=code_dir, env=etl_env)
@@ -229,8 +229,7 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
         else:
             (work / f"registry_{patients}.sqlite").unlink(missing_ok=True)
 
-    if not etl_only:
-        rows.append(_naive_row(patients, cohort, total, server_url, logs, etl_env, naive_sample))
+    rows.append(_naive_row(patients, cohort, total, server_url, logs, etl_env, naive_sample))
     for directory in (cohort, changed_cohort, delta_cohort):
         shutil.rmtree(directory, ignore_errors=True)
     return rows
@@ -497,9 +496,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dlmreg", type=shlex.split, metavar="COMMAND",
                         help="command measured as `dlmreg` for the ETL rows (default: python -m etl.cli of the code "
                         "under test); the tests pass a stand-in to check the machinery quickly")
-    parser.add_argument("--etl-only-above", type=int, metavar="N",
-                        help="for sizes above N patients measure only the floor and the full ETL runs (peak RSS at "
-                        "the largest size), not the incremental runs or the naive baseline")
+    parser.add_argument("--no-incremental-above", type=int, metavar="N",
+                        help="for sizes above N patients measure the floor, the full ETL runs and the naive sample, not "
+                        "the incremental runs")
     parser.add_argument("--max-etl-minutes", type=float, default=25.0, metavar="M",
                         help="skip a size whose ETL run is projected (from the smaller sizes) to take longer, or to "
                         "need more than 90%% of the available memory (default 25)")
@@ -528,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(rows[-1]), flush=True)
             else:
                 rows += bench_size(patients, args.registries, server_url, work, etl_env, args.naive_sample,
-                                   args.dlmreg, etl_only=args.etl_only_above is not None and patients > args.etl_only_above)
+                                   args.dlmreg, no_incremental=args.no_incremental_above is not None and patients > args.no_incremental_above)
             write_markdown(rows, args.output, header)  # after every size: a long run leaves partial results
         for r in ratios(rows):
             print(json.dumps({"ratio": r["key"], "patients": r["patients"], "registry": r["registry"],

@@ -141,12 +141,12 @@ def test_projection_skips_a_size_that_would_take_too_long():
     assert skip_reason(rows[:1], 2000, max_etl_minutes=25) is None
 
 
-def test_etl_only_sizes_measure_floor_and_full_runs(tmp_path):
-    """`--etl-only-above`: a large size gets the floor and the full ETL runs, nothing else."""
+def test_no_incremental_sizes_measure_floor_full_runs_and_naive(tmp_path):
+    """`--no-incremental-above`: a large size gets the floor, the full ETL runs and the naive sample, nothing else."""
     stand_in = tmp_path / "stand_in.py"
     stand_in.write_text(STAND_IN)
-    lines, markdown = _bench(tmp_path, "--dlmreg", f"{sys.executable} {stand_in}", "--etl-only-above", "10",
+    lines, markdown = _bench(tmp_path, "--dlmreg", f"{sys.executable} {stand_in}", "--no-incremental-above", "10",
                              "--registries", "sqlite")
     steps = {(r["step"], r["registry"]) for r in lines if "step" in r}
-    assert steps == {("synth", None), ("floor", "PostgreSQL"), ("etl", "SQLite")}
+    assert steps == {("synth", None), ("floor", "PostgreSQL"), ("etl", "SQLite"), ("naive", "PostgreSQL")}
     assert "ETL SQLite (`dlmreg run`" in markdown and "incremental SQLite" not in markdown
