@@ -220,7 +220,8 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
                                  "--no-progress"], logs / f"{step}_{registry}", cwd=code_dir, env=etl_env)
             results = _results(out)
             rows.append(_row(patients, step, name, run, resources=results.get("resources_read", count or total),
-                             staging_changes=results.get("staging_changes"), changed_resources=count))
+                             staging_changes=results.get("staging_changes"), changed_resources=count,
+                             phase_seconds=results.get("seconds")))
             shutil.rmtree(out, ignore_errors=True)
             if run["error"]:
                 break  # an incremental run on a registry whose full run failed measures nothing useful
@@ -358,6 +359,8 @@ STEP_LABELS = {
 STEP_ORDER = [("floor", "PostgreSQL"), ("etl", "PostgreSQL"), ("etl", "SQLite"), ("naive", "PostgreSQL"),
               ("incremental", "PostgreSQL"), ("incremental", "SQLite"), ("incremental_delta", "PostgreSQL"),
               ("incremental_delta", "SQLite")]
+PHASES = {"stage": "stage", "map_load_derive": "map, load, derive", "audit": "audit (indexes, quality checks)",
+          "analysis_report": "analysis and report"}
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -389,6 +392,24 @@ def _ratio_line(r: dict) -> str:
 def _load_range(rows: list[dict]) -> str:
     loads = [r["load_before"] for r in rows if "load_before" in r]
     return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "n/a"
+
+
+def _phase_table(size_rows: list[dict]) -> list[str]:
+    """Where each ETL run's wall time went, from its own `results.json` (`run.seconds`)."""
+    timed = [r for step, registry in STEP_ORDER for r in size_rows
+             if (r["step"], r["registry"]) == (step, registry) and r.get("phase_seconds") and not r.get("error")]
+    if not timed:
+        return []
+    lines = ["", "Where the time of each run went (seconds, from its `results.json`; the rest of the wall time is "
+             "interpreter start-up, imports and writing results and the dashboard):", "",
+             "| step | " + " | ".join(PHASES.values()) + " | rest |", "|---|" + "---:|" * (len(PHASES) + 1)]
+    for r in timed:
+        label = STEP_LABELS[r["step"]].format(registry=r["registry"], sample=0,
+                                              changed_resources=r.get("changed_resources") or 0).split(" (")[0]
+        phases = r["phase_seconds"]
+        cells = [f"{phases[p]:,.1f}" if p in phases else "n/a" for p in PHASES]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['wall_s'] - sum(phases.values()):,.1f} |")
+    return lines
 
 
 def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
@@ -446,6 +467,7 @@ def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
                 continue
             lines.append(f"| {label} | {r['resources']:,} | {r['wall_s']:,.1f} | {_fmt(r['resources_per_s'], 0)} | "
                          f"{r['peak_rss_mib']:,.0f} | {r['cpu_s']:,.1f} | {r['load_before']:.1f} |")
+        lines += _phase_table(size_rows)
         synth = next(r for r in size_rows if r["step"] == "synth")
         lines += ["", "| ratio | value | target | |", "|---|---:|---|---|"]
         lines += [_ratio_line(r) for r in all_ratios if r["patients"] == n]

@@ -8,6 +8,7 @@ through XCom.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import json
 import logging
 import tempfile
@@ -229,15 +230,19 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
 
     Returns rows, lesion groups, warnings, unmapped codes (of the whole registry, as a full re-map reports
     them), the `quality` summary, the `lesion_flow` of the audited state (read before commit or rollback, so
-    a failed run has it too) and `map` (what load_patients did).
+    a failed run has it too), `map` (what load_patients did) and `seconds` spent mapping (with loading and
+    deriving) and auditing (indexes, counts, quality checks).
     """
     t = registry.tables
     with registry.engine.connect() as conn:
         transaction = conn.begin()
         try:
+            start = time.perf_counter()
             mapped = load_patients(conn, t, codes, run_id, window_months, today, remap_all=remap_all,
                                    batch_size=batch_size, show_progress=show_progress)
+            mapped_at = time.perf_counter()
             audited = _audit(conn, t, codes, source, today, data_docs_dir, registry)
+            seconds = {"map_load_derive": mapped_at - start, "audit": time.perf_counter() - mapped_at}
         except BaseException:
             transaction.rollback()
             raise
@@ -247,7 +252,7 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
             transaction.commit()
         else:
             transaction.rollback()
-    return {**_store_audit(registry, run_id, audited), "map": mapped}
+    return {**_store_audit(registry, run_id, audited), "map": mapped, "seconds": seconds}
 
 
 def map_partition(registry: Registry, codes: CodeMap, run_id: str, part: int, parts: int, window_months: float,
@@ -398,15 +403,19 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
     results["run"]["registry"] = registry.safe_url
     # A run that dies (killed, machine lost) stays visible as `running` in dlm_run.
     record_run(registry, {**results["run"], "started_at": started})
+    seconds = results["run"]["seconds"] = {}
     try:
         log.info("stage: reading %s", source_label)
+        start = time.perf_counter()
         results["run"].update(stage(registry, source, codes, run_id, settings.show_progress, settings.server))
+        seconds["stage"] = round(time.perf_counter() - start, 2)
         log.info("map/load/derive")
         mapped = load_and_audit(registry, codes, run_id, source_label, settings.followup_window_months,
                                 settings.today, settings.show_progress, settings.out_dir / DATA_DOCS,
                                 remap_all=settings.remap_all, batch_size=settings.map_batch_patients)
         results["run"].update(rows=mapped["rows"], warnings=mapped["warnings"],
                               unmapped_codes=len(mapped["unmapped_codes"]))
+        seconds.update((phase, round(value, 2)) for phase, value in mapped["seconds"].items())
         write_unmapped_report(settings.out_dir, mapped["unmapped_codes"])
         results["quality"] = mapped["quality"]
         # The audited counts; a published run's analysis recomputes them from the committed (same) data.
@@ -416,7 +425,9 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
         log.info("analysis")
         # Quality passed: the results are published (a failure from here on resets the status).
         results["run"]["status"] = "published"
+        start = time.perf_counter()
         analyse_and_report(registry, settings.out_dir, results, settings.at_risk_times)
+        seconds["analysis_report"] = round(time.perf_counter() - start, 2)
     except RunFailed as exc:
         results["run"].update(status="failed", message=str(exc))
         raise

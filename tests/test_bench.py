@@ -46,7 +46,9 @@ with engine.begin() as conn:
 args.out.mkdir(parents=True, exist_ok=True)
 changes = {"new": len(lines) if first else 0, "changed": 0 if first else changed,
            "unchanged": 0 if first else len(lines) - changed, "deleted": 0}
-(args.out / "results.json").write_text(json.dumps({"run": {"resources_read": len(lines), "staging_changes": changes}}))
+seconds = {"stage": 0.25, "map_load_derive": 0.5, "audit": 0.75, "analysis_report": 0.125}
+(args.out / "results.json").write_text(json.dumps({"run": {"resources_read": len(lines), "staging_changes": changes,
+                                                           "seconds": seconds}}))
 '''
 
 
@@ -102,6 +104,16 @@ def _check(lines: list[dict], markdown: str) -> None:
     assert len(verdicts) == 7 and verdicts.count("not measured") == 1
     assert all(v in ("**met**", "**not met**", "not measured") for v in verdicts)
     assert markdown.rstrip().endswith("A note written by hand.")          # hand-written notes survive
+    # Where the time went: one row per ETL run, its phases from results.json and the rest of its wall time.
+    phases = markdown.split("Where the time of each run went")[1].split("\n\n")[1].splitlines()[2:]
+    assert [line.split(" | ")[0] for line in phases] == [
+        "| ETL PostgreSQL", "| ETL SQLite", "| incremental PostgreSQL", "| incremental SQLite",
+        "| incremental PostgreSQL, changes only", "| incremental SQLite, changes only"]
+    runs = [r for r in rows if r["step"] in ("etl", "incremental", "incremental_delta")]
+    for line in phases:
+        cells = [float(c.replace(",", "")) for c in line.strip("| ").split(" | ")[1:]]
+        assert len(cells) == 5 and all(c >= 0 for c in cells[:4])
+        assert any(abs(sum(cells) - r["wall_s"]) < 0.1 + 0.01 * r["wall_s"] for r in runs)
 
 
 def test_bench_machinery_writes_every_row(tmp_path):

@@ -2,6 +2,7 @@
 must not be published."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -26,6 +27,10 @@ def test_main_job_on_the_embedded_default(tmp_path):
     assert results["npv"]["ct_and_mri_disappeared"]["lesions"] > 50
     assert "Traceback" not in completed.stderr
     assert "<td>published</td>" in (out / "report.html").read_text().replace(" ", "")
+    seconds = results["run"]["seconds"]
+    assert list(seconds) == ["stage", "map_load_derive", "audit", "analysis_report"]
+    started, finished = (dt.datetime.fromisoformat(results["run"][k]) for k in ("started_at", "finished_at"))
+    assert all(v > 0 for v in seconds.values()) and sum(seconds.values()) <= (finished - started).total_seconds()
 
 
 def test_missing_source_is_a_one_line_error(tmp_path, capsys):
@@ -54,6 +59,7 @@ def test_corrupted_cohort_is_not_published(cohort_factory, tmp_path, capsys):
     assert results["quality"]["failed_critical_checks"] == ["DLM4:lesion_identity_unique",
                                                             "DLM7:baseline_before_chemotherapy"]
     assert "npv" not in results and not (out / "report.html").exists()
+    assert list(results["run"]["seconds"]) == ["stage", "map_load_derive", "audit"]   # the phases it reached
     assert results["run"]["resources_read"] == results["run"]["loaded"] + results["run"]["quarantined"] + \
         results["run"]["excluded"]
 
