@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -56,8 +57,10 @@ TARGETS = {
     "incremental_over_full": ("incremental run after a 1% change < 5% of the full run (file snapshot)", "<", 0.05),
     "delta_over_full": ("incremental run after a 1% change < 5% of the full run (changes only, `--delta`)", "<",
                         0.05),
+    "patients_over_full": ("incremental run after a 1% change < 5% of the full run (1% of the patients, changes "
+                           "only)", "<", 0.05),
 }
-INCREMENTAL_KEYS = ("incremental_over_full", "delta_over_full")
+INCREMENTAL_KEYS = ("incremental_over_full", "delta_over_full", "patients_over_full")
 
 
 # --- measuring ------------------------------------------------------------------------------------------
@@ -113,6 +116,16 @@ def code_under_test(work: Path, ref: str | None) -> tuple[dict, str]:
     return env, f"commit `{commit[:12]}` (`git archive` snapshot)"
 
 
+def _changed(resource: dict, version: int) -> str:
+    """The NDJSON line of `resource` as version `version`: a later `meta.lastUpdated` and a narrative (`text`), a
+    field the registry does not map, so its hash changes and its meaning does not."""
+    resource["meta"] = {**(resource.get("meta") or {}), "versionId": str(version),
+                        "lastUpdated": f"2026-01-0{min(version, 9)}T00:00:00Z"}
+    resource["text"] = {**CHANGED_NARRATIVE, "div": CHANGED_NARRATIVE["div"].replace(
+        "bench/run.py", f"bench/run.py (version {version})")}
+    return json.dumps(resource, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
 def change_share(source: Path, target: Path, share: float = 0.01, seed: int = 9, version: int = 2,
                  delta: Path | None = None) -> int:
     """Copy a cohort with `share` of its resources changed; returns how many.
@@ -137,16 +150,41 @@ def change_share(source: Path, target: Path, share: float = 0.01, seed: int = 9,
             only = files.enter_context((delta / path.name).open("w", encoding="utf-8")) if delta else None
             for line in lines:
                 if line.strip() and rng.random() < share:
-                    resource = json.loads(line)
-                    resource["meta"] = {**(resource.get("meta") or {}), "versionId": str(version),
-                                        "lastUpdated": f"2026-01-0{min(version, 9)}T00:00:00Z"}
-                    resource["text"] = {**CHANGED_NARRATIVE, "div": CHANGED_NARRATIVE["div"].replace(
-                        "bench/run.py", f"bench/run.py (version {version})")}
-                    line = json.dumps(resource, separators=(",", ":"), ensure_ascii=False) + "\n"
+                    line = _changed(json.loads(line), version)
                     changed += 1
                     if only:
                         only.write(line)
                 out.write(line)
+    return changed
+
+
+def _owner(resource: dict) -> str | None:
+    """The FHIR id of the patient a resource of the synthetic cohort belongs to."""
+    if resource.get("resourceType") == "Patient":
+        return resource.get("id")
+    reference = (resource.get("subject") or resource.get("patient") or {}).get("reference") or ""
+    return reference.removeprefix("Patient/") or None
+
+
+def change_patients(source: Path, delta: Path, share: float = 0.01, seed: int = 11, version: int = 4) -> int:
+    """Write to `delta` every resource of `share` of the patients (at least one), changed as by `change_share`:
+    what a `_lastUpdated` pull holds when the changes concentrate on the patients with new activity. Returns
+    how many resources. The patients are those with the smallest seeded hash of their id (deterministic)."""
+    ids = [json.loads(line)["id"] for path in source.glob("*.ndjson") for line in path.open(encoding="utf-8")
+           if line.strip() and '"resourceType":"Patient"' in line.replace(" ", "")]
+    rank = sorted(ids, key=lambda pid: hashlib.sha256(f"{seed}:{pid}".encode()).digest())
+    chosen = set(rank[:max(1, round(share * len(ids)))])
+    delta.mkdir(parents=True, exist_ok=True)
+    changed = 0
+    for path in sorted(source.glob("*.ndjson")):
+        with path.open(encoding="utf-8") as lines, (delta / path.name).open("w", encoding="utf-8") as out:
+            for line in lines:
+                if not line.strip():
+                    continue
+                resource = json.loads(line)
+                if _owner(resource) in chosen:
+                    out.write(_changed(resource, version))
+                    changed += 1
     return changed
 
 
@@ -170,10 +208,11 @@ def _results(out: Path) -> dict:
 
 
 def bench_size(patients: int, registries: list[str], server_url: str, work: Path, etl_env: dict,
-               naive_sample: int, dlmreg: list[str] | None = None, no_incremental: bool = False) -> list[dict]:
+               naive_sample: int, dlmreg: list[str] | None = None, no_random_changes: bool = False) -> list[dict]:
     """All measurements for one cohort size; the cohort and databases are removed afterwards.
 
-    `no_incremental`: the floor, the full ETL runs and the naive sample, not the incremental runs.
+    `no_random_changes`: leave out the two incremental runs after a random 1% of the resources changed (each
+    costs about half a full run); the change of 1% of the patients is still measured.
 
     `dlmreg` is the command measured as the ETL (default `python -m etl.cli`, of the code under test);
     `dlmreg synth` always comes from etl.cli.
@@ -181,6 +220,7 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
     python = sys.executable
     cohort, changed_cohort = work / f"cohort_{patients}", work / f"cohort_{patients}_changed"
     again, delta_cohort = work / f"cohort_{patients}_again", work / f"cohort_{patients}_delta"
+    patients_cohort = work / f"cohort_{patients}_patients"
     logs = work / f"logs_{patients}"
     logs.mkdir()
     cli = [python, "-m", "etl.cli"]
@@ -203,18 +243,20 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
                      work_s=inner.get("work_s")))
 
     changed = changed_again = None
-    if not no_incremental:
+    if not no_random_changes:
         changed = change_share(cohort, changed_cohort)
         # A second 1% change on top of the first, of which only the changed resources are given (`--delta`).
         changed_again = change_share(changed_cohort, again, seed=10, version=3, delta=delta_cohort)
         shutil.rmtree(again, ignore_errors=True)
+    changed_patients = change_patients(cohort, patients_cohort)
     for registry in registries:
         name = REGISTRIES[registry]
         url = (fresh_database(server_url, "etl") if registry == "postgresql"
                else f"sqlite:///{work / f'registry_{patients}.sqlite'}")
-        steps = (("etl", cohort, [], None), ("incremental", changed_cohort, [], changed),
-                 ("incremental_delta", delta_cohort, ["--delta"], changed_again))
-        for step, source, flags, count in steps[:1] if no_incremental else steps:
+        steps = [("etl", cohort, [], None), ("incremental", changed_cohort, [], changed),
+                 ("incremental_delta", delta_cohort, ["--delta"], changed_again),
+                 ("incremental_patients", patients_cohort, ["--delta"], changed_patients)]
+        for step, source, flags, count in [steps[0], steps[3]] if no_random_changes else steps:
             out = work / f"out_{patients}_{registry}_{step}"
             run = measure(etl_cli + ["run", "--source", str(source), *flags, "--registry", url, "--out", str(out),
                                  "--no-progress"], logs / f"{step}_{registry}", cwd=code_dir, env=etl_env)
@@ -231,7 +273,7 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
             (work / f"registry_{patients}.sqlite").unlink(missing_ok=True)
 
     rows.append(_naive_row(patients, cohort, total, server_url, logs, etl_env, naive_sample))
-    for directory in (cohort, changed_cohort, delta_cohort):
+    for directory in (cohort, changed_cohort, delta_cohort, patients_cohort):
         shutil.rmtree(directory, ignore_errors=True)
     return rows
 
@@ -314,6 +356,7 @@ def ratios(rows: list[dict]) -> list[dict]:
         for name in REGISTRIES.values():
             etl, incremental = _find(rows, n, "etl", name), _find(rows, n, "incremental", name)
             delta = _find(rows, n, "incremental_delta", name)
+            by_patient = _find(rows, n, "incremental_patients", name)
             if not any(r["patients"] == n and r["registry"] == name and r["step"] == "etl" for r in rows):
                 continue
             out.append({"key": "etl_over_floor", "patients": n, "registry": name, "value": _ratio(etl, floor),
@@ -324,6 +367,8 @@ def ratios(rows: list[dict]) -> list[dict]:
                         "value": _ratio(incremental, etl), "target": True})
             out.append({"key": "delta_over_full", "patients": n, "registry": name,
                         "value": _ratio(delta, etl), "target": True})
+            out.append({"key": "patients_over_full", "patients": n, "registry": name,
+                        "value": _ratio(by_patient, etl), "target": True})
     if len(sizes) > 1:
         small, large = sizes[0], sizes[-1]
         for name in REGISTRIES.values():
@@ -355,10 +400,13 @@ STEP_LABELS = {
     "naive": "naive, PostgreSQL (extrapolated from {sample:,} resources)",
     "incremental": "incremental {registry} (same registry, {changed_resources:,} resources changed)",
     "incremental_delta": "incremental {registry}, changes only (`--delta`, {changed_resources:,} resources)",
+    "incremental_patients": "incremental {registry}, 1% of the patients, changes only (`--delta`, "
+                            "{changed_resources:,} resources)",
 }
 STEP_ORDER = [("floor", "PostgreSQL"), ("etl", "PostgreSQL"), ("etl", "SQLite"), ("naive", "PostgreSQL"),
               ("incremental", "PostgreSQL"), ("incremental", "SQLite"), ("incremental_delta", "PostgreSQL"),
-              ("incremental_delta", "SQLite")]
+              ("incremental_delta", "SQLite"), ("incremental_patients", "PostgreSQL"),
+              ("incremental_patients", "SQLite")]
 PHASES = {"stage": "stage", "map_load_derive": "map, load, derive", "audit": "audit (indexes, quality checks)",
           "analysis_report": "analysis and report"}
 
@@ -380,7 +428,8 @@ def _ratio_line(r: dict) -> str:
     else:
         name = {"etl_over_floor": f"ETL {r['registry']} / floor", "naive_over_etl": f"naive / ETL {r['registry']}",
                 "incremental_over_full": f"incremental / full, {r['registry']}",
-                "delta_over_full": f"incremental (changes only) / full, {r['registry']}"}[r["key"]]
+                "delta_over_full": f"incremental (changes only) / full, {r['registry']}",
+                "patients_over_full": f"incremental (1% of the patients) / full, {r['registry']}"}[r["key"]]
     target = f"{comparison} {bound:g}" if r["target"] else f"({comparison} {bound:g} applies to PostgreSQL)"
     if r["key"] == "rss_growth" and not r["target"]:
         target = f"({comparison} {bound:g} applies to 50,000 / 1,000)"
@@ -497,6 +546,11 @@ def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
               "and only those resources are given, with `--delta`: what a scheduled `_lastUpdated` pull or a "
               "`_since` export delivers. Only the patients they belong to are re-mapped; the quality checks and "
               "the analysis run on the whole registry.",
+              "- **incremental, 1% of the patients**: then every resource of about 1% of the patients (chosen by "
+              "a seeded hash of the id) changes (version 4) and only those are given, with `--delta`: a nightly "
+              "pull when the changes concentrate on the patients with new activity. A random 1% of the resources "
+              "touches about half of the patients (a patient has about 68 resources); this touches 1%. Above "
+              "`--no-random-changes-above` only this incremental run is measured, right after the full run.",
               "", NOTES_MARKER]
     if notes:
         lines += ["", notes]
@@ -518,9 +572,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dlmreg", type=shlex.split, metavar="COMMAND",
                         help="command measured as `dlmreg` for the ETL rows (default: python -m etl.cli of the code "
                         "under test); the tests pass a stand-in to check the machinery quickly")
-    parser.add_argument("--no-incremental-above", type=int, metavar="N",
-                        help="for sizes above N patients measure the floor, the full ETL runs and the naive sample, not "
-                        "the incremental runs")
+    parser.add_argument("--no-random-changes-above", type=int, metavar="N",
+                        help="for sizes above N patients leave out the two incremental runs after a random 1%% of the "
+                        "resources changed (each costs about half a full run)")
     parser.add_argument("--max-etl-minutes", type=float, default=25.0, metavar="M",
                         help="skip a size whose ETL run is projected (from the smaller sizes) to take longer, or to "
                         "need more than 90%% of the available memory (default 25)")
@@ -549,7 +603,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(rows[-1]), flush=True)
             else:
                 rows += bench_size(patients, args.registries, server_url, work, etl_env, args.naive_sample,
-                                   args.dlmreg, no_incremental=args.no_incremental_above is not None and patients > args.no_incremental_above)
+                                   args.dlmreg, no_random_changes=args.no_random_changes_above is not None
+                                   and patients > args.no_random_changes_above)
             write_markdown(rows, args.output, header)  # after every size: a long run leaves partial results
         for r in ratios(rows):
             print(json.dumps({"ratio": r["key"], "patients": r["patients"], "registry": r["registry"],

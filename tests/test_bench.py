@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from pgcluster import pg_bin  # noqa: E402
-from run import NOTES_MARKER, change_share  # noqa: E402
+from run import NOTES_MARKER, _owner, change_patients, change_share  # noqa: E402
 
 STAND_IN = '''
 import argparse, json
@@ -75,10 +75,11 @@ def _check(lines: list[dict], markdown: str) -> None:
     steps = {(r["step"], r["registry"]) for r in rows}
     assert steps == {("synth", None), ("floor", "PostgreSQL"), ("etl", "PostgreSQL"), ("etl", "SQLite"),
                      ("incremental", "PostgreSQL"), ("incremental", "SQLite"), ("naive", "PostgreSQL"),
-                     ("incremental_delta", "PostgreSQL"), ("incremental_delta", "SQLite")}
+                     ("incremental_delta", "PostgreSQL"), ("incremental_delta", "SQLite"),
+                     ("incremental_patients", "PostgreSQL"), ("incremental_patients", "SQLite")}
     assert not [r for r in rows if r.get("error")]
     resources = next(r["resources"] for r in rows if r["step"] == "synth")
-    delta = [r for r in rows if r["step"] == "incremental_delta"]
+    delta = [r for r in rows if r["step"] in ("incremental_delta", "incremental_patients")]
     assert all(r["resources"] == resources for r in rows if r not in delta)   # every other step saw the whole cohort
     assert all(0 < r["resources"] == r["changed_resources"] < 0.05 * resources for r in delta)  # the changes alone
     assert all(r["peak_rss_mib"] > 0 and r["wall_s"] > 0 for r in rows)
@@ -89,7 +90,7 @@ def _check(lines: list[dict], markdown: str) -> None:
             assert 0 < r["staging_changes"]["changed"] <= r["changed_resources"]   # non-cohort ones are excluded
     ratios = [r for r in lines if "ratio" in r]
     assert {r["ratio"] for r in ratios} == {"etl_over_floor", "naive_over_etl", "incremental_over_full",
-                                            "delta_over_full"}
+                                            "delta_over_full", "patients_over_full"}
     assert all(math.isfinite(r["value"]) and r["met"] in (True, False) for r in ratios)
 
     for label in ["floor: read + json.loads + COPY into PostgreSQL", "ETL PostgreSQL (`dlmreg run`",
@@ -99,16 +100,17 @@ def _check(lines: list[dict], markdown: str) -> None:
         assert label in markdown, label
     targets = markdown.split("## Targets")[1].split("\n## ")[0]
     verdicts = [line.rsplit("|", 2)[1].strip() for line in targets.splitlines() if line.startswith("| ")][1:]
-    # at 30 patients: ETL/floor, naive/ETL, incremental/full and changes-only/full x 2 registries; RSS growth
+    # at 30 patients: ETL/floor, naive/ETL (PostgreSQL), three incremental/full x 2 registries; RSS growth
     # needs 1,000 and 50,000
-    assert len(verdicts) == 7 and verdicts.count("not measured") == 1
+    assert len(verdicts) == 9 and verdicts.count("not measured") == 1
     assert all(v in ("**met**", "**not met**", "not measured") for v in verdicts)
     assert markdown.rstrip().endswith("A note written by hand.")          # hand-written notes survive
     # Where the time went: one row per ETL run, its phases from results.json and the rest of its wall time.
     phases = markdown.split("Where the time of each run went")[1].split("\n\n")[1].splitlines()[2:]
     assert [line.split(" | ")[0] for line in phases] == [
         "| ETL PostgreSQL", "| ETL SQLite", "| incremental PostgreSQL", "| incremental SQLite",
-        "| incremental PostgreSQL, changes only", "| incremental SQLite, changes only"]
+        "| incremental PostgreSQL, changes only", "| incremental SQLite, changes only",
+        "| incremental PostgreSQL, 1% of the patients, changes only", "| incremental SQLite, 1% of the patients, changes only"]
     runs = [r for r in rows if r["step"] in ("etl", "incremental", "incremental_delta")]
     for line in phases:
         cells = [float(c.replace(",", "")) for c in line.strip("| ").split(" | ")[1:]]
@@ -142,6 +144,21 @@ def test_change_share_is_deterministic_and_about_one_percent(tmp_path, cohort_fa
     assert set(delta) <= {line for p in (tmp_path / "c").glob("*.ndjson") for line in p.read_text().splitlines()}
 
 
+def test_change_patients_changes_every_resource_of_the_chosen_patients_only(tmp_path, cohort_factory):
+    cohort = cohort_factory(30, 1)
+    count = change_patients(cohort, tmp_path / "a", share=0.1)
+    assert change_patients(cohort, tmp_path / "b", share=0.1) == count
+    delta = [json.loads(line) for p in sorted((tmp_path / "a").glob("*.ndjson")) for line in p.read_text().splitlines()]
+    assert len(delta) == count and all(r["meta"]["versionId"] == "4" and "text" in r for r in delta)
+    chosen = {r["id"] for r in delta if r["resourceType"] == "Patient"}
+    assert len(chosen) == 3                                                  # 10% of 30 patients
+    everything = [json.loads(line) for p in cohort.glob("*.ndjson") for line in p.read_text().splitlines() if line]
+    assert sorted((r["resourceType"], r["id"]) for r in everything if _owner(r) in chosen) == \
+        sorted((r["resourceType"], r["id"]) for r in delta)
+    assert change_patients(cohort, tmp_path / "c") > 0                        # 1% of 30: still one patient
+    assert len(list((tmp_path / "c" / "Patient.ndjson").read_text().splitlines())) == 1
+
+
 def test_projection_skips_a_size_that_would_take_too_long():
     from run import projected, skip_reason
 
@@ -153,12 +170,15 @@ def test_projection_skips_a_size_that_would_take_too_long():
     assert skip_reason(rows[:1], 2000, max_etl_minutes=25) is None
 
 
-def test_no_incremental_sizes_measure_floor_full_runs_and_naive(tmp_path):
-    """`--no-incremental-above`: a large size gets the floor, the full ETL runs and the naive sample, nothing else."""
+def test_no_random_changes_above_leaves_out_the_random_change_runs(tmp_path):
+    """`--no-random-changes-above`: a large size gets the floor, the full ETL runs, the naive sample and the change
+    of 1% of the patients, not the two runs after a random 1% of the resources changed."""
     stand_in = tmp_path / "stand_in.py"
     stand_in.write_text(STAND_IN)
-    lines, markdown = _bench(tmp_path, "--dlmreg", f"{sys.executable} {stand_in}", "--no-incremental-above", "10",
+    lines, markdown = _bench(tmp_path, "--dlmreg", f"{sys.executable} {stand_in}", "--no-random-changes-above", "10",
                              "--registries", "sqlite")
     steps = {(r["step"], r["registry"]) for r in lines if "step" in r}
-    assert steps == {("synth", None), ("floor", "PostgreSQL"), ("etl", "SQLite"), ("naive", "PostgreSQL")}
-    assert "ETL SQLite (`dlmreg run`" in markdown and "incremental SQLite" not in markdown
+    assert steps == {("synth", None), ("floor", "PostgreSQL"), ("etl", "SQLite"), ("naive", "PostgreSQL"),
+                     ("incremental_patients", "SQLite")}
+    assert "ETL SQLite (`dlmreg run`" in markdown and "incremental SQLite, 1% of the patients" in markdown
+    assert "incremental SQLite (" not in markdown and "incremental SQLite, changes only" not in markdown
