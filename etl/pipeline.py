@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from etl.dashboard import write_dashboard
 from etl.extract import ServerOptions, open_source
+from etl.frames import read_frame
 from etl.lesions.derive import derive
 from etl.load import (backfill_lineage_patients, claimed_elsewhere, delete_all_patients, delete_persons, insert_rows,
                       move_lineage, replace_global_rows, table_counts, write_lineage)
@@ -295,22 +296,20 @@ def critical_failure(quality: dict, audit: dict | None = None) -> RunFailed:
 
 def read_lesions(conn: sa.Connection, schema: str | None):
     """The lesion frame of `dlm_lesion_v` as `conn` sees it (inside load_and_audit: the uncommitted state)."""
-    import pandas as pd
-
-    lesions = pd.read_sql(sa.select(sa.text("*")).select_from(sa.table("dlm_lesion_v", schema=schema)), conn)
+    lesions = read_frame(conn, sa.select(sa.text("*")).select_from(sa.table("dlm_lesion_v", schema=schema))
+                         .order_by(sa.column("person_id"), sa.column("lesion_id")))   # one order on every database
     lesions["ce_ious"] = lesions["ce_ious"].fillna(False).astype(bool)
     return lesions
 
 
 def read_cohort_frames(registry: Registry):
     """Tidy analysis frames from the analyst views (analysis reads only the registry)."""
-    import pandas as pd
-
     schema = registry.schemas.dlm
     with registry.engine.connect() as conn:
         lesions = read_lesions(conn, schema)
-        patients = pd.read_sql(sa.select(sa.text("*")).select_from(sa.table("dlm_patient_survival_v", schema=schema))
-                               .where(sa.column("strategy").is_not(None)), conn)
+        patients = read_frame(conn, sa.select(sa.text("*")).select_from(sa.table("dlm_patient_survival_v",
+                                                                                  schema=schema))
+                              .where(sa.column("strategy").is_not(None)).order_by(sa.column("person_id")))
     return lesions, patients
 
 

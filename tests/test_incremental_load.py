@@ -7,6 +7,8 @@ import json
 import random
 import shutil
 
+import pytest
+
 from etl.pipeline import RunSettings, load_and_audit, run
 from tests.registry_compare import assert_same_registry
 
@@ -105,9 +107,13 @@ class _ChangesOnly:
         return self._files.records(types, exclude)
 
 
-def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp_path, registry_factory):
+@pytest.mark.parametrize("lazy_lookups", [None, 3], ids=["key-by-key", "switch-to-reading-all"])
+def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp_path, registry_factory,
+                                                              monkeypatch, lazy_lookups):
     """Only the changed resources arrive (no patients, no cohort conditions among them) plus a deletion
-    list: staging merges them with what it holds, and the registry equals a fresh load of the final data."""
+    list: staging merges them with what it holds, and the registry equals a fresh load of the final data.
+    Staging is asked key by key, or (a low `LAZY_LOOKUPS`) read whole after the first few keys."""
+    import etl.stage
     from etl.registry import open_registry
     from etl.stage import stage_source
     from etl.stage.pseudonym import Pseudonymizer
@@ -136,6 +142,8 @@ def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp
     incremental, fresh = registry_factory(), registry_factory()
     _load(original, incremental, tmp_path / "o1")
     registry = open_registry(incremental)
+    if lazy_lookups is not None:
+        monkeypatch.setattr(etl.stage, "LAZY_LOOKUPS", lazy_lookups)
     accounting = stage_source(registry.engine, registry.tables, _ChangesOnly(changes, deleted), load_code_map(),
                               Pseudonymizer(), "incremental-run", SUPPORTED_TYPES, show_progress=False)
     assert accounting.changes["deleted"] == len(deleted)

@@ -14,10 +14,9 @@ def test_lookup_distinguishes_staged_seen_and_unknown():
         assert index.lookup(("Observation", "o1")) == (B, "2024-01-02T00:00:00Z")
         index.mark(("Observation", "new"), A, "")                     # a kept copy without lastUpdated
         assert index.lookup(("Observation", "new")) == (A, "")
-        assert not index.is_unseen(("Observation", "o1"))
-        assert index.is_unseen(("Observation", "o2"))
-        assert not index.is_unseen(("Observation", "new"))
-        assert not index.is_unseen(("Observation", "nope"))
+        index.load([("Observation", "o1", A.hex()), ("Observation", "late", A.hex())])   # a key known is kept
+        assert index.lookup(("Observation", "o1")) == (B, "2024-01-02T00:00:00Z")
+        assert index.lookup(("Observation", "late")) == (A, None)
 
 
 def test_unseen_batches_cover_every_unseen_key_once_while_dropping():

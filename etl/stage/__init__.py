@@ -19,7 +19,9 @@ Streaming, in bounded memory:
 - What grows with the input is per resource identity, not per body, and it is kept on disk
   (etl.stage.index): the staged hash of every staged resource (read at the start, to skip unchanged ones)
   and whether, with which `lastUpdated`, it was seen in this run (duplicates, and snapshot deletions).
-  Memory holds patient ids only. The validator remembers at most `etl.stage.validate.CACHE_ENTRIES` values.
+  Memory holds patient ids only. A snapshot reads every staged key first; an incremental source asks
+  staging for the keys it brings (up to `LAZY_LOOKUPS`, then it reads them all), so a small change costs
+  little however large staging is. The validator remembers at most `etl.stage.validate.CACHE_ENTRIES` values.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ FIRST_PASS = {"Patient", "Condition"}
 BATCH_ROWS = 5000              # staging rows per write (also deletions and quarantine rows)
 BATCH_CHARS = 32_000_000       # ... or fewer, when their JSON reaches this many characters
 READ_CHUNK = 5000              # rows per fetch when reading staging
+LAZY_LOOKUPS = 20_000          # an incremental stage asks staging key by key up to this many times, then reads it all
 
 
 def _storable(text: str) -> str:
@@ -79,25 +82,49 @@ def _last_updated(resource: dict) -> str:
 
 class _Stager:
     def __init__(self, conn: sa.Connection, tables, pseudo: Pseudonymizer, run_id: str, source: str,
-                 supported_types: frozenset[str], show_progress: bool | None, index: StagingIndex):
+                 supported_types: frozenset[str], show_progress: bool | None, index: StagingIndex, snapshot: bool):
         self.conn, self.pseudo, self.run_id, self.source = conn, pseudo, run_id, source
         self.supported_types = supported_types
         self.fetched_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         self.staging, self.quarantine_table = tables["fhir_resource"], tables["dlm_quarantine"]
         self.store = StagingStore.for_connection(conn, self.staging)
         self.acct = Accounting()
-        s = self.staging
-        rows = conn.execute(sa.select(s.c.resource_type, s.c.resource_id, s.c.sha256)
-                            .order_by(s.c.resource_type, s.c.resource_id)   # appended in key order: fastest
-                            .execution_options(yield_per=READ_CHUNK))
         self.index = index
-        self.index.load(rows)
+        # A snapshot needs every staged key (its deletions are the keys it does not hold): read them all now.
+        # An incremental source holds a few changes: ask staging for the keys it brings, one by one, unless
+        # there are many (then read them all, as for a snapshot); the cost then follows the change, not staging.
+        self.lazy_lookups = None if snapshot else 0
+        if snapshot:
+            self._read_staged_keys()
         # Rows to write, by key (a newer copy replaces), each with whether its key is absent from staging.
         self.pending: dict[tuple[str, str], tuple[dict, bool]] = {}
         self.pending_chars = 0
         self.quarantine_rows: list[dict] = []
         self.quarantined_patients: set[str] = set()  # pseudonyms of Patients that could not be loaded
         self.progress = Progress("staged resources", show_progress)
+
+    def _read_staged_keys(self) -> None:
+        s = self.staging
+        self.index.load(self.conn.execute(sa.select(s.c.resource_type, s.c.resource_id, s.c.sha256)
+                                          .order_by(s.c.resource_type, s.c.resource_id)   # in key order: fastest
+                                          .execution_options(yield_per=READ_CHUNK)))
+        self.lazy_lookups = None
+
+    def _lookup(self, key: tuple[str, str]) -> tuple[bytes | None, str | None]:
+        """etl.stage.index.StagingIndex.lookup, reading staging for a key the index has not read yet."""
+        digest, seen = self.index.lookup(key)
+        if digest is None and self.lazy_lookups is not None:
+            self.lazy_lookups += 1
+            if self.lazy_lookups > LAZY_LOOKUPS:
+                self._read_staged_keys()
+                return self.index.lookup(key)
+            s = self.staging
+            staged = self.conn.execute(sa.select(s.c.sha256).where(s.c.resource_type == key[0],
+                                                                   s.c.resource_id == key[1])).scalar()
+            if staged is not None:
+                self.index.load([(*key, staged)])
+                digest = bytes.fromhex(staged)
+        return digest, seen
 
     # -- quarantine ------------------------------------------------------------------------------------
     def quarantine(self, record: RawRecord, reason: str, resource_type: str | None) -> None:
@@ -185,7 +212,7 @@ class _Stager:
                 "source": self.source, "fetched_at": self.fetched_at, "resource_json": resource_json}
 
     def _stage(self, key: tuple[str, str], last_updated: str, digest: bytes, make_row: Callable[[], dict]) -> None:
-        previous, kept = self.index.lookup(key)
+        previous, kept = self._lookup(key)
         duplicate = kept is not None
         if duplicate:
             # Same identity twice in one input: the later copy wins only if it says it is newer.
@@ -232,9 +259,14 @@ class _Stager:
         """Deletions the source reported (e.g. Bulk Data `deleted`), by FHIR type and id."""
         self.flush()
         keys = sorted(key for key in {(t, self.pseudo.patient(i) if t == "Patient" else i) for t, i in deleted}
-                      if self.index.is_unseen(key))
+                      if self._is_unseen(key))
         for start in range(0, len(keys), BATCH_ROWS):
             self._delete(keys[start:start + BATCH_ROWS])
+
+    def _is_unseen(self, key: tuple[str, str]) -> bool:
+        """Staged before and not seen in this run."""
+        digest, seen = self._lookup(key)
+        return digest is not None and seen is None
 
     def _delete(self, keys: list[tuple[str, str]]) -> None:
         """Delete one batch of staged keys (at most `BATCH_ROWS`)."""
@@ -284,7 +316,8 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: 
             tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogatepass") as spool:
         # A repeated stage of the same run (a retried task) must not list its quarantine twice.
         conn.execute(tables["dlm_quarantine"].delete().where(tables["dlm_quarantine"].c.run_id == run_id))
-        stager = _Stager(conn, tables, pseudo, run_id, source.describe(), supported_types, show_progress, index)
+        stager = _Stager(conn, tables, pseudo, run_id, source.describe(), supported_types, show_progress, index,
+                         snapshot)
         # Pass 1: Patients and Conditions, to find the cohort. Only ids stay in memory; the rest is spooled.
         winners: dict[str, tuple[int, str]] = {}   # Patient id -> (spool line of the copy kept, its lastUpdated)
         cohort_ids: set[str] = set()               # FHIR ids of patients with a liver-metastasis Condition

@@ -42,8 +42,8 @@ class StagingIndex:
         self._db.execute("BEGIN")
 
     def load(self, rows: Iterable[tuple[str, str, str]]) -> None:
-        """(resource_type, resource_id, sha256 hex) of what is staged."""
-        self._db.executemany("INSERT INTO idx VALUES (?, ?, ?, NULL)",
+        """(resource_type, resource_id, sha256 hex) of what is staged; a key already in the index is kept as is."""
+        self._db.executemany("INSERT OR IGNORE INTO idx VALUES (?, ?, ?, NULL)",
                              ((_b(t), _b(i), bytes.fromhex(sha)) for t, i, sha in rows))
 
     def lookup(self, key: Key) -> tuple[bytes | None, str | None]:
@@ -59,11 +59,6 @@ class StagingIndex:
         """The key was seen in this run; `digest` and `last_updated` are those of the copy kept."""
         self._db.execute("INSERT OR REPLACE INTO idx VALUES (?, ?, ?, ?)",
                          (_b(key[0]), _b(key[1]), digest, _b(last_updated)))
-
-    def is_unseen(self, key: Key) -> bool:
-        """Staged before and not seen in this run."""
-        digest, seen = self.lookup(key)
-        return digest is not None and seen is None
 
     def unseen_batches(self, size: int) -> Iterator[list[Key]]:
         """Keys staged before and not seen in this run, in key order, `size` at a time. The caller may

@@ -1,0 +1,52 @@
+"""etl.frames.read_frame gives the frame `pandas.read_sql` gives, on the registry's analyst views and on
+hand-made columns of every type it meets (ints with NULL, Decimal, booleans with NULL, dates, text)."""
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pandas as pd
+import sqlalchemy as sa
+
+from etl.frames import read_frame
+from etl.pipeline import RunSettings, run
+from etl.registry import open_registry
+
+
+def test_views_read_as_read_sql_reads_them(cohort_factory, tmp_path, registry_url):
+    run(RunSettings(source=str(cohort_factory(40, 3)), registry_url=registry_url, out_dir=tmp_path / "o",
+                    show_progress=False))
+    registry = open_registry(registry_url)
+    for view, order in (("dlm_lesion_v", ("person_id", "lesion_id")), ("dlm_patient_survival_v", ("person_id",))):
+        query = (sa.select(sa.text("*")).select_from(sa.table(view, schema=registry.schemas.dlm))
+                 .order_by(*map(sa.column, order)))
+        with registry.engine.connect() as conn:
+            expected, got = pd.read_sql(query, conn), read_frame(conn, query)
+        assert len(expected) > 20
+        pd.testing.assert_frame_equal(got, expected)
+
+
+def test_every_column_type_reads_as_read_sql_reads_it(registry_url):
+    engine = sa.create_engine(registry_url)
+    meta = sa.MetaData()
+    table = sa.Table("frame_types", meta, sa.Column("i", sa.Integer), sa.Column("i_null", sa.Integer),
+                     sa.Column("n", sa.Numeric(10, 2)), sa.Column("f", sa.Float), sa.Column("b", sa.Boolean),
+                     sa.Column("d", sa.Date), sa.Column("t", sa.Text), sa.Column("empty", sa.Text))
+    rows = [{"i": k, "i_null": None if k % 3 else k, "n": Decimal(f"{k}.25"), "f": None if k == 2 else k / 4,
+             "b": None if k == 1 else k % 2 == 0, "d": dt.date(2020, 1, 1 + k % 5), "t": f"text {k % 2}",
+             "empty": None} for k in range(7)]
+    with engine.begin() as conn:
+        meta.drop_all(conn)
+        meta.create_all(conn)
+        conn.execute(table.insert(), rows)
+    try:
+        for query in (sa.select(table).order_by(table.c.i), sa.select(table).where(table.c.i < 0)):
+            with engine.connect() as conn:
+                expected, got = pd.read_sql(query, conn), read_frame(conn, query)
+            pd.testing.assert_frame_equal(got, expected)
+        with engine.connect() as conn:
+            got = read_frame(conn, sa.select(table).order_by(table.c.i))
+        assert got["t"][0] is got["t"][2] and got["d"][0] is got["d"][5]   # equal values share one object
+    finally:
+        with engine.begin() as conn:
+            meta.drop_all(conn)
