@@ -7,11 +7,12 @@ through XCom.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import time
 import json
 import logging
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -220,6 +221,14 @@ def _store_audit(registry: Registry, run_id: str, audited: dict) -> dict:
             "unmapped_codes": [{k: u[k] for k in UNMAPPED_COLUMNS} for u in unmapped]}
 
 
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], phase: str):
+    """Record the wall time of the block in `seconds[phase]` (2 decimals), only if the block completes."""
+    start = time.perf_counter()
+    yield
+    seconds[phase] = round(time.perf_counter() - start, 2)
+
+
 def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str, window_months: float,
                    today: dt.date, show_progress=None, data_docs_dir: Path | None = None, remap_all: bool = False,
                    batch_size: int = MAP_BATCH_PATIENTS) -> dict:
@@ -235,15 +244,15 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
     deriving) and auditing (indexes, counts, quality checks).
     """
     t = registry.tables
+    seconds: dict[str, float] = {}
     with registry.engine.connect() as conn:
         transaction = conn.begin()
         try:
-            start = time.perf_counter()
-            mapped = load_patients(conn, t, codes, run_id, window_months, today, remap_all=remap_all,
-                                   batch_size=batch_size, show_progress=show_progress)
-            mapped_at = time.perf_counter()
-            audited = _audit(conn, t, codes, source, today, data_docs_dir, registry)
-            seconds = {"map_load_derive": mapped_at - start, "audit": time.perf_counter() - mapped_at}
+            with timed(seconds, "map_load_derive"):
+                mapped = load_patients(conn, t, codes, run_id, window_months, today, remap_all=remap_all,
+                                       batch_size=batch_size, show_progress=show_progress)
+            with timed(seconds, "audit"):
+                audited = _audit(conn, t, codes, source, today, data_docs_dir, registry)
         except BaseException:
             transaction.rollback()
             raise
@@ -405,16 +414,15 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
     seconds = results["run"]["seconds"] = {}
     try:
         log.info("stage: reading %s", source_label)
-        start = time.perf_counter()
-        results["run"].update(stage(registry, source, codes, run_id, settings.show_progress, settings.server))
-        seconds["stage"] = round(time.perf_counter() - start, 2)
+        with timed(seconds, "stage"):
+            results["run"].update(stage(registry, source, codes, run_id, settings.show_progress, settings.server))
         log.info("map/load/derive")
         mapped = load_and_audit(registry, codes, run_id, source_label, settings.followup_window_months,
                                 settings.today, settings.show_progress, settings.out_dir / DATA_DOCS,
                                 remap_all=settings.remap_all, batch_size=settings.map_batch_patients)
         results["run"].update(rows=mapped["rows"], warnings=mapped["warnings"],
                               unmapped_codes=len(mapped["unmapped_codes"]))
-        seconds.update((phase, round(value, 2)) for phase, value in mapped["seconds"].items())
+        seconds.update(mapped["seconds"])
         write_unmapped_report(settings.out_dir, mapped["unmapped_codes"])
         results["quality"] = mapped["quality"]
         # The audited counts; a published run's analysis recomputes them from the committed (same) data.
@@ -424,9 +432,8 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
         log.info("analysis")
         # Quality passed: the results are published (a failure from here on resets the status).
         results["run"]["status"] = "published"
-        start = time.perf_counter()
-        analyse_and_report(registry, settings.out_dir, results, settings.at_risk_times)
-        seconds["analysis_report"] = round(time.perf_counter() - start, 2)
+        with timed(seconds, "analysis_report"):
+            analyse_and_report(registry, settings.out_dir, results, settings.at_risk_times)
     except RunFailed as exc:
         results["run"].update(status="failed", message=str(exc))
         raise
