@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="re-map every patient (default: only patients whose staged resources, or the mapping, changed)")
     run.add_argument("--map-batch", type=int, default=500, metavar="PATIENTS",
                      help="patients mapped and loaded together (memory grows with this, not with the cohort)")
+    run.add_argument("--workers", type=_workers, default=None, metavar="N",
+                     help="processes reading report texts while mapping (0: none; default: DLMREG_WORKERS, "
+                          "else one per CPU)")
     server = run.add_argument_group("FHIR server sources (credentials come from the environment, see README)")
     server.add_argument("--extract", choices=["rest", "bulk"], default="rest",
                         help="REST search (default) or Bulk Data $export")
@@ -178,6 +181,15 @@ def _synth(args) -> int:
     return 0
 
 
+def _workers(value: str) -> int:
+    from etl.nlp.reader import parse_workers
+
+    try:
+        return parse_workers(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _run(args) -> int:
     from etl.extract import ServerOptions
     from etl.pipeline import RunSettings, run
@@ -189,7 +201,7 @@ def _run(args) -> int:
     settings = RunSettings(source=args.source, registry_url=args.registry, out_dir=args.out,
                            followup_window_months=args.followup_window, mapping_dirs=tuple(args.mappings),
                            at_risk_times=times, show_progress=False if args.no_progress else None,
-                           remap_all=args.remap_all, map_batch_patients=args.map_batch,
+                           remap_all=args.remap_all, map_batch_patients=args.map_batch, workers=args.workers,
                            server=ServerOptions(mode=args.extract, bulk_level=args.bulk_level, group_id=args.bulk_group,
                                                 full=args.full_refresh, page_size=args.page_size,
                                                 overlap_seconds=args.overlap, ca_bundle=args.ca_bundle,

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from etl.dashboard import write_dashboard
 from etl.extract import ServerOptions, open_source
 from etl.frames import read_frame
+from etl.nlp.reader import ReportReader
 from etl.lesions.derive import derive
 from etl.load import (backfill_lineage_patients, claimed_elsewhere, delete_all_patients, delete_persons, insert_rows,
                       move_lineage, replace_global_rows, table_counts, write_lineage)
@@ -31,7 +32,7 @@ from etl.registry import Registry, open_registry
 from etl.run_lock import registry_lock
 from etl.stage import load_extract_state, stage_source
 from etl.stage.pseudonym import Pseudonymizer
-from etl.transform import SUPPORTED_TYPES, map_batch
+from etl.transform import SUPPORTED_TYPES, map_batch, reader_jobs
 from etl.transform.context import IdAssigner
 from etl.transform.patients import (KeyRange, delete_digests, mapping_salt, registry_notes, staged_digests,
                                     stored_digests, write_digests)
@@ -74,6 +75,7 @@ class RunSettings:
     today: dt.date = field(default_factory=dt.date.today)
     remap_all: bool = False                   # re-map every patient, not only those whose staged data changed
     map_batch_patients: int = MAP_BATCH_PATIENTS
+    workers: int | None = None                # report-reading processes (etl.nlp.reader); None: DLMREG_WORKERS or CPUs
 
     def resolved_registry_url(self) -> str:
         return self.registry_url or f"sqlite:///{(self.out_dir / 'dlm_registry.sqlite').resolve()}"
@@ -111,10 +113,12 @@ def stage(registry: Registry, source: str, codes: CodeMap, run_id: str, show_pro
 
 def load_patients(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, run_id: str,
                   window_months: float, today: dt.date, *, keys: KeyRange = KeyRange(), part: int = 0, parts: int = 1,
-                  remap_all: bool = False, batch_size: int = MAP_BATCH_PATIENTS, show_progress=None) -> dict:
+                  remap_all: bool = False, batch_size: int = MAP_BATCH_PATIENTS, show_progress=None,
+                  workers: int | None = None) -> dict:
     """Map, load and derive, in batches of `batch_size` patients, the patients of `keys` whose digest changed
     (etl.transform.patients), and delete the rows of patients no longer staged. Runs in the caller's
-    transaction; memory is bounded by the batch, not by the registry.
+    transaction; memory is bounded by the batch, not by the registry. While one batch is mapped, `workers`
+    processes read the report texts of the next (etl.nlp.reader; default `DLMREG_WORKERS`, else one per CPU).
 
     The whole registry (default `keys`) is re-mapped from scratch when `remap_all` is set or no patient was
     mapped before (a new registry, or one loaded before digests existed). A partition (`keys` a range, ids
@@ -122,7 +126,7 @@ def load_patients(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeM
     Preconditions: staging is loaded; the registry tables exist.
 
     Returns counts: `mode` (full or incremental), staged `patients`, patients `mapped` and `removed`,
-    `resources` read.
+    `resources` read, report texts read by worker processes (`texts_read_in_workers`).
     """
     backfill_lineage_patients(conn, tables)
     salt = mapping_salt(codes, window_months)
@@ -147,23 +151,41 @@ def load_patients(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeM
     ids = IdAssigner(conn, lineage, offset=part, stride=parts)
     progress = Progress("mapped resources", show_progress)
     resources = 0
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        batch = map_batch(conn, tables, codes, ids, chunk, today, progress)
-        moved = claimed_elsewhere(conn, tables, batch.lineage) if check_moves else []
-        if moved:
-            # Resources that now belong to a patient of this batch: keep their ids and map the batch again.
-            move_lineage(conn, tables, moved)
-            batch = map_batch(conn, tables, codes, ids, chunk, today)
-        write_lineage(conn, tables, batch.lineage, batch.version_changes)
-        insert_rows(conn, tables, batch.rows)
-        derive(conn, tables, window_months, batch.rows)
-        write_digests(conn, tables, [{"patient_key": p.key, "digest": staged[p.key], "person_id": p.person_id,
-                                      "run_id": run_id, "map_notes": p.notes.to_json()} for p in batch.patients])
-        resources += batch.resources
+    chunks = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+    with ReportReader(workers) as reader:
+        def read_ahead(number: int) -> int | None:
+            if not reader.parallel or number >= len(chunks):
+                return None
+            return reader.read_ahead(reader_jobs(conn, tables, codes, chunks[number]))
+
+        ahead = read_ahead(0)
+        for number, chunk in enumerate(chunks):
+            following = read_ahead(number + 1)
+            resources += _map_load_derive(conn, tables, codes, ids, chunk, staged, run_id, window_months, today,
+                                          check_moves, progress, reader)
+            reader.release(ahead)
+            ahead = following
     progress.done()
     return {"mode": mode, "patients": len(staged), "mapped": len(todo), "removed": len(removed),
-            "resources": resources}
+            "resources": resources, "texts_read_in_workers": reader.read_in_workers}
+
+
+def _map_load_derive(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, ids: IdAssigner,
+                     chunk: list[str], staged: dict, run_id: str, window_months: float, today: dt.date,
+                     check_moves: bool, progress: Progress, reader: ReportReader) -> int:
+    """One batch of load_patients; returns the resources it read."""
+    batch = map_batch(conn, tables, codes, ids, chunk, today, progress, reader)
+    moved = claimed_elsewhere(conn, tables, batch.lineage) if check_moves else []
+    if moved:
+        # Resources that now belong to a patient of this batch: keep their ids and map the batch again.
+        move_lineage(conn, tables, moved)
+        batch = map_batch(conn, tables, codes, ids, chunk, today, reader=reader)
+    write_lineage(conn, tables, batch.lineage, batch.version_changes)
+    insert_rows(conn, tables, batch.rows)
+    derive(conn, tables, window_months, batch.rows)
+    write_digests(conn, tables, [{"patient_key": p.key, "digest": staged[p.key], "person_id": p.person_id,
+                                  "run_id": run_id, "map_notes": p.notes.to_json()} for p in batch.patients])
+    return batch.resources
 
 
 def _global_rows(codes: CodeMap, source: str, today: dt.date) -> tuple[dict[str, list[dict]], dict[str, int]]:
@@ -231,7 +253,7 @@ def timed(seconds: dict[str, float], phase: str):
 
 def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str, window_months: float,
                    today: dt.date, show_progress=None, data_docs_dir: Path | None = None, remap_all: bool = False,
-                   batch_size: int = MAP_BATCH_PATIENTS) -> dict:
+                   batch_size: int = MAP_BATCH_PATIENTS, workers: int | None = None) -> dict:
     """Write-audit-publish in one transaction: map the changed patients' staging to OMOP + DLM rows batch by
     batch (load_patients; `remap_all` re-maps everyone), replace their rows, derive their outcomes, and audit
     that uncommitted state with the quality checks. Commit only when no critical check fails; otherwise roll
@@ -250,7 +272,7 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
         try:
             with timed(seconds, "map_load_derive"):
                 mapped = load_patients(conn, t, codes, run_id, window_months, today, remap_all=remap_all,
-                                       batch_size=batch_size, show_progress=show_progress)
+                                       batch_size=batch_size, show_progress=show_progress, workers=workers)
             with timed(seconds, "audit"):
                 audited = _audit(conn, t, codes, source, today, data_docs_dir, registry)
         except BaseException:
@@ -267,7 +289,7 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
 
 def map_partition(registry: Registry, codes: CodeMap, run_id: str, part: int, parts: int, window_months: float,
                   today: dt.date, remap_all: bool = False, batch_size: int = MAP_BATCH_PATIENTS,
-                  show_progress=None) -> dict:
+                  show_progress=None, workers: int | None = None) -> dict:
     """Scale-out path: map, load and derive partition `part` of `parts` (a range of patient keys, rule PD3 of
     etl.transform.patients) in its own transaction, and commit it.
 
@@ -286,7 +308,8 @@ def map_partition(registry: Registry, codes: CodeMap, run_id: str, part: int, pa
         if not has_digests and conn.execute(sa.select(t["person"].c.person_id).limit(1)).first() is not None:
             raise RunFailed("the registry has rows but no patient digests: run one sequential load first")
         return load_patients(conn, t, codes, run_id, window_months, today, keys=keys, part=part, parts=parts,
-                             remap_all=remap_all, batch_size=batch_size, show_progress=show_progress)
+                             remap_all=remap_all, batch_size=batch_size, show_progress=show_progress,
+                             workers=workers)
 
 
 def audit_partitions(registry: Registry, codes: CodeMap, run_id: str, source: str, today: dt.date,
@@ -419,7 +442,8 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
         log.info("map/load/derive")
         mapped = load_and_audit(registry, codes, run_id, source_label, settings.followup_window_months,
                                 settings.today, settings.show_progress, settings.out_dir / DATA_DOCS,
-                                remap_all=settings.remap_all, batch_size=settings.map_batch_patients)
+                                remap_all=settings.remap_all, batch_size=settings.map_batch_patients,
+                                workers=settings.workers)
         results["run"].update(rows=mapped["rows"], warnings=mapped["warnings"],
                               unmapped_codes=len(mapped["unmapped_codes"]))
         seconds.update(mapped["seconds"])

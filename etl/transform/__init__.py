@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from etl.lesions import facts, identity, text as text_facts
+from etl.nlp.reader import ReportReader
 from etl.progress import Progress
 from etl.transform import condition_occurrence, drug_exposure, episode, note, observation_period, person, procedure_occurrence
 from etl.transform.domain import Fact, route
@@ -95,12 +96,14 @@ class MappedBatch:
 
 
 def map_patient(key: str, resources: list[tuple[str, str | None, str]], codes: CodeMap, ids: IdAssigner,
-                run_date: dt.date) -> MapContext:
+                run_date: dt.date, reader: ReportReader | None = None) -> MapContext:
     """Map one patient's staged resources, (type, versionId, JSON) in load order, and link its lesions.
 
     Every row derived here belongs to this patient: references are followed within the patient only.
+    `reader` reads the report texts (default: in this process).
     """
-    ctx = MapContext(codes, ids, run_date=run_date, store_note_text=note.store_note_text())
+    ctx = MapContext(codes, ids, run_date=run_date, store_note_text=note.store_note_text(),
+                     reader=reader or ReportReader(0))
     ids.patient = key
     for resource_type, version, text in resources:
         ids.version = version
@@ -114,11 +117,13 @@ def map_patient(key: str, resources: list[tuple[str, str | None, str]], codes: C
 
 
 def map_batch(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, ids: IdAssigner,
-              patient_keys: list[str], run_date: dt.date, progress: Progress | None = None) -> MappedBatch:
+              patient_keys: list[str], run_date: dt.date, progress: Progress | None = None,
+              reader: ReportReader | None = None) -> MappedBatch:
     """Map the staged resources of these patients (a batch: memory is bounded by its size), patient by patient.
 
     Preconditions: staging (`fhir_resource`) and `dlm_lineage` exist. `ids` is loaded with the batch's lineage
-    here. Returns the batch's rows; nothing is written.
+    here; `reader` reads the report texts (give it `reader_jobs` of the batch ahead of time to read them in
+    worker processes). Returns the batch's rows; nothing is written.
     """
     ids.load(patient_keys)
     staging = tables["fhir_resource"]
@@ -133,7 +138,7 @@ def map_batch(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, 
         resources.sort(key=lambda r: (ORDER[r[0]], r[1]))
         saved, codes.unmapped = codes.unmapped, Counter()
         try:
-            ctx = map_patient(current, [(t, v, text) for t, _, v, text in resources], codes, ids, run_date)
+            ctx = map_patient(current, [(t, v, text) for t, _, v, text in resources], codes, ids, run_date, reader)
             notes = MapNotes(dict(ctx.warnings), codes.unmapped)
         finally:
             codes.unmapped = saved
@@ -155,3 +160,19 @@ def map_batch(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, 
         finish()
     batch.lineage, batch.version_changes = ids.new, ids.version_changes
     return batch
+
+
+NOTE_TYPES = ("DiagnosticReport", "DocumentReference")
+
+
+def reader_jobs(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, patient_keys: list[str]) -> list:
+    """The report texts mapping these patients will read, as etl.nlp.reader jobs (text, kind, lang)."""
+    staging = tables["fhir_resource"]
+    query = (sa.select(staging.c.resource_json)
+             .where(staging.c.patient_key.in_(patient_keys), staging.c.resource_type.in_(NOTE_TYPES)))
+    jobs = []
+    for (text,) in conn.execute(query.execution_options(yield_per=2000)):
+        job = note.reader_job(json.loads(text), codes)
+        if job is not None:
+            jobs.append(job)
+    return jobs

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from etl.nlp.reader import ReportReader
 from etl.vocabulary import CodeMap
 
 LOOKUP_CHUNK = 500  # keys per IN (...) list
@@ -110,6 +111,7 @@ class MapContext:
     run_date: dt.date = field(default_factory=dt.date.today)       # NOTE_NLP.nlp_date
     text_notes: list = field(default_factory=list)                 # etl.lesions.text.TextNote per read note
     store_note_text: bool = False                                  # keep report text (etl.transform.note)
+    reader: ReportReader = field(default_factory=lambda: ReportReader(0))  # report texts (etl.nlp.reader)
 
     def person_id(self, resource: dict) -> int | None:
         for key in ("subject", "patient"):

@@ -20,6 +20,7 @@ from html.parser import HTMLParser
 from etl.transform import note_nlp
 from etl.transform.context import MapContext
 from etl.transform.fhirdata import effective_dates, to_date, to_datetime
+from etl.vocabulary import CodeMap
 
 STORE_TEXT_ENV = "DLMREG_STORE_NOTE_TEXT"
 
@@ -120,12 +121,10 @@ def from_diagnostic_report(report: dict, ctx: MapContext) -> None:
     info = ctx.reports.get(report["id"])
     if person_id is None or when is None:
         return
-    forms = [f for f in report.get("presentedForm") or [] if isinstance(f, dict)]
-    texts = [t for t in (attachment_text(f) for f in forms) if t]
-    text = "\n\n".join(texts) or report.get("conclusion")
-    if not text:
+    found = report_text(report)
+    if found is None:
         return
-    language = next((f.get("language") for f in forms if f.get("language")), report.get("language"))
+    text, language = found
     code = (report.get("code") or {})
     source = ((code.get("coding") or [{}])[0].get("code")) or code.get("text") or ""
     _note(ctx, "DiagnosticReport/" + report["id"], person_id, when, report.get("effectiveDateTime"),
@@ -138,13 +137,44 @@ def from_document_reference(document: dict, ctx: MapContext) -> None:
     if person_id is None or when is None:
         ctx.warnings["DocumentReference without person or date (not mapped)"] += 1
         return
-    attachments = [c.get("attachment") or {} for c in document.get("content") or [] if isinstance(c, dict)]
-    texts = [t for t in (attachment_text(a) for a in attachments) if t]
-    if not texts:
+    found = document_text(document)
+    if found is None:
         ctx.warnings["DocumentReference without inline text (not mapped)"] += 1
         return
     mapping, source = ctx.codes.lookup(document.get("type"), "DocumentReference.type")
-    language = next((a.get("language") for a in attachments if a.get("language")), document.get("language"))
     _note(ctx, "DocumentReference/" + document["id"], person_id, when, document.get("date"),
           (document.get("type") or {}).get("text") or (mapping.display if mapping else "document"),
-          "\n\n".join(texts), mapping.meaning if mapping else None, language, source)
+          found[0], mapping.meaning if mapping else None, found[1], source)
+
+
+def report_text(report: dict) -> tuple[str, str | None] | None:
+    """A DiagnosticReport's text (its inline presentedForm, else its conclusion) and language (rule N1)."""
+    forms = [f for f in report.get("presentedForm") or [] if isinstance(f, dict)]
+    texts = [t for t in (attachment_text(f) for f in forms) if t]
+    text = "\n\n".join(texts) or report.get("conclusion")
+    if not text or not isinstance(text, str):
+        return None
+    return text, next((f.get("language") for f in forms if f.get("language")), report.get("language"))
+
+
+def document_text(document: dict) -> tuple[str, str | None] | None:
+    """A DocumentReference's text (its inline attachments) and language (rule N1)."""
+    attachments = [c.get("attachment") or {} for c in document.get("content") or [] if isinstance(c, dict)]
+    texts = [t for t in (attachment_text(a) for a in attachments) if t]
+    if not texts:
+        return None
+    return "\n\n".join(texts), next((a.get("language") for a in attachments if a.get("language")),
+                                     document.get("language"))
+
+
+def reader_job(resource: dict, codes: CodeMap) -> tuple[str, str, str] | None:
+    """The (text, kind, lang) that mapping `resource` will give the report-text reader, as far as the
+    resource alone tells (etl.nlp.reader reads it ahead; a wrong guess only costs a text read twice)."""
+    if resource.get("resourceType") == "DiagnosticReport":
+        found, meaning = report_text(resource), codes.meaning(resource.get("code"))
+    elif resource.get("resourceType") == "DocumentReference":
+        found, meaning = document_text(resource), codes.meaning(resource.get("type"))
+    else:
+        return None
+    reading = note_nlp.reading(meaning, found[1]) if found else None
+    return (found[0], *reading) if reading else None

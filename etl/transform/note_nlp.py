@@ -19,16 +19,23 @@ KIND_OF_MEANING = {"imaging_ct": "imaging", "imaging_mri": "imaging", "imaging_n
 ABSENT = {"not_visible", "not_found_on_ious", "no_viable_tumor", "no_recurrence"}
 
 
+def reading(meaning: str | None, language: str | None) -> tuple[str, str] | None:
+    """The (kind, lang) a note of this meaning and language is read as (rule P1), or None: not read."""
+    kind = KIND_OF_MEANING.get(meaning or "")
+    if kind is None:
+        return None
+    return kind, "ja" if (language or "").lower().startswith("ja") else "en" if language else "auto"
+
+
 def from_note(ctx: MapContext, note_key: str, note_id: int, person_id: int, when, text: str,
               meaning: str | None, language: str | None) -> None:
     """Add the NOTE_NLP rows of one note (rules P1-P6); keep its mentions for the lesion facts (etl.lesions.text)."""
-    from etl.nlp import NLP_SYSTEM, NLP_VERSION, extract
+    from etl.nlp import NLP_SYSTEM, NLP_VERSION
 
-    kind = KIND_OF_MEANING.get(meaning or "")
-    if kind is None:
+    args = reading(meaning, language)
+    if args is None:
         return
-    lang = "ja" if (language or "").lower().startswith("ja") else "en" if language else "auto"
-    mentions = extract(text, kind, lang)
+    mentions = ctx.reader.extract(text, *args)
     ctx.text_notes.append(TextNote.read(person_id, note_key, when, meaning, text, mentions))
     for index, mention in enumerate(mentions):
         modifiers = [f"finding={mention.finding}", f"segment={mention.segment or ''}"]
