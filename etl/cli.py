@@ -46,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--map-batch", type=int, default=500, metavar="PATIENTS",
                      help="patients mapped and loaded together (memory grows with this, not with the cohort)")
     run.add_argument("--workers", type=_workers, default=None, metavar="N",
-                     help="processes reading report texts while mapping (0: none; default: DLMREG_WORKERS, "
-                          "else one per CPU)")
+                     help="worker processes validating resources and reading report texts (0: none; default: "
+                          "DLMREG_WORKERS, else one per CPU)")
     server = run.add_argument_group("FHIR server sources (credentials come from the environment, see README)")
     server.add_argument("--extract", choices=["rest", "bulk"], default="rest",
                         help="REST search (default) or Bulk Data $export")
@@ -182,7 +182,7 @@ def _synth(args) -> int:
 
 
 def _workers(value: str) -> int:
-    from etl.nlp.reader import parse_workers
+    from etl.workers import parse_workers
 
     try:
         return parse_workers(value)

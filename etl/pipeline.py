@@ -75,7 +75,7 @@ class RunSettings:
     today: dt.date = field(default_factory=dt.date.today)
     remap_all: bool = False                   # re-map every patient, not only those whose staged data changed
     map_batch_patients: int = MAP_BATCH_PATIENTS
-    workers: int | None = None                # report-reading processes (etl.nlp.reader); None: DLMREG_WORKERS or CPUs
+    workers: int | None = None                # validating and report-reading processes; None: DLMREG_WORKERS or CPUs
 
     def resolved_registry_url(self) -> str:
         return self.registry_url or f"sqlite:///{(self.out_dir / 'dlm_registry.sqlite').resolve()}"
@@ -92,13 +92,14 @@ def demo_source():
 
 
 def stage(registry: Registry, source: str, codes: CodeMap, run_id: str, show_progress=None,
-          server: ServerOptions = ServerOptions()) -> dict:
-    """Extract + stage. Returns the accounting (counts only), with what the source reported."""
+          server: ServerOptions = ServerOptions(), workers: int | None = None) -> dict:
+    """Extract + stage (validating in `workers` processes). Returns the accounting (counts only), with what
+    the source reported."""
     opened = open_source(source, tuple(sorted(SUPPORTED_TYPES)), server,
                          lambda key: load_extract_state(registry.engine, registry.tables, key))
     try:
         accounting = stage_source(registry.engine, registry.tables, opened, codes, Pseudonymizer(),
-                                  run_id, SUPPORTED_TYPES, show_progress)
+                                  run_id, SUPPORTED_TYPES, show_progress, workers=workers)
     finally:
         if hasattr(opened, "close"):
             opened.close()
@@ -438,7 +439,8 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
     try:
         log.info("stage: reading %s", source_label)
         with timed(seconds, "stage"):
-            results["run"].update(stage(registry, source, codes, run_id, settings.show_progress, settings.server))
+            results["run"].update(stage(registry, source, codes, run_id, settings.show_progress, settings.server,
+                                        settings.workers))
         log.info("map/load/derive")
         mapped = load_and_audit(registry, codes, run_id, source_label, settings.followup_window_months,
                                 settings.today, settings.show_progress, settings.out_dir / DATA_DOCS,

@@ -48,10 +48,13 @@ def messy_source(cohort_factory, tmp_path):
     return source, clean
 
 
-def test_every_resource_is_accounted_for(messy_source, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_resource_is_accounted_for(messy_source, tmp_path, workers, monkeypatch):
+    """The same accounting whether the run validates resources itself or in worker processes."""
+    monkeypatch.setattr("etl.stage.parse.CHUNK_RECORDS", 50)     # several chunks, so workers start
     source, clean = messy_source
     results = run(RunSettings(source=str(source), registry_url=f"sqlite:///{tmp_path / 'r.sqlite'}",
-                              out_dir=tmp_path / "out", show_progress=False))
+                              out_dir=tmp_path / "out", show_progress=False, workers=workers))
     r = results["run"]
     clean_lines = sum(len(p.read_text().splitlines()) for p in clean.glob("*.ndjson"))
     assert r["resources_read"] == clean_lines + 7 + 4

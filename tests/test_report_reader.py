@@ -10,10 +10,11 @@ import signal
 import pytest
 
 from etl.nlp import extract
-from etl.nlp.reader import ReportReader, default_workers
+from etl.nlp.reader import ReportReader
 from etl.pipeline import load_patients, stage
 from etl.registry import open_registry
 from etl.vocabulary import load_code_map
+from etl.workers import default_workers
 from tests.conftest import REPO
 from tests.registry_compare import assert_same_registry
 

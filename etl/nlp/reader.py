@@ -13,41 +13,17 @@ reads every remaining text in the main process.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from etl.nlp import Mention, extract
+from etl.workers import default_workers, process_pool
 
 log = logging.getLogger(__name__)
-WORKERS_ENV = "DLMREG_WORKERS"
 CHUNK_TEXTS = 200      # texts per task sent to a worker
 MIN_TEXTS = 500        # fewer texts ahead than this are read in the main process (starting workers costs more)
 
 Job = tuple[str, str, str]   # (text, kind, lang) as etl.nlp.extract takes them
-
-
-def parse_workers(value: str) -> int:
-    """A worker count as given (`--workers`, `DLMREG_WORKERS`); ValueError unless a whole number >= 0."""
-    try:
-        workers = int(value)
-    except ValueError:
-        raise ValueError(f"expected a whole number of worker processes, got {value!r}") from None
-    if workers < 0:
-        raise ValueError(f"expected 0 or more worker processes, got {value}")
-    return workers
-
-
-def default_workers() -> int:
-    """`DLMREG_WORKERS` if set, else the number of CPUs this process may use."""
-    value = os.environ.get(WORKERS_ENV, "").strip()
-    if value:
-        try:
-            return parse_workers(value)
-        except ValueError as exc:
-            raise ValueError(f"{WORKERS_ENV}: {exc}") from None
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _extract_all(jobs: list[Job]) -> list[list[Mention]]:
@@ -129,8 +105,7 @@ class ReportReader:
 
     def _start(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            # spawn, not fork: the main process may hold database connections and threads (Airflow)
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._executor = process_pool(self.workers)
         return self._executor
 
     def _broken(self) -> None:

@@ -38,10 +38,9 @@ from etl.progress import Progress
 from etl.stage.accounting import Accounting
 from etl.stage.deidentify import deidentified_text, deidentify, patient_of
 from etl.stage.index import StagingIndex
-from etl.stage.parse import Rejected, parse_record
+from etl.stage.parse import Rejected, parse_records
 from etl.stage.pseudonym import Pseudonymizer
 from etl.stage.store import StagingStore
-from etl.stage.validate import make_validator
 from etl.vocabulary import CodeMap
 
 __all__ = ["Accounting", "Pseudonymizer", "canonical_hash", "load_extract_state", "stage_source"]
@@ -303,15 +302,15 @@ def _save_extract_state(conn: sa.Connection, table: sa.Table, source_key: str, s
 
 def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: CodeMap,
                  pseudo: Pseudonymizer, run_id: str, supported_types: frozenset[str],
-                 show_progress: bool | None = None, validation: str | None = None) -> Accounting:
+                 show_progress: bool | None = None, validation: str | None = None,
+                 workers: int | None = None) -> Accounting:
     """Upsert the cohort's resources from `source` (any etl.extract source) into staging; returns the accounting.
 
     Resource types the registry does not map (`supported_types`) are excluded, not stored
     (minimum necessary). `validation`: `elements` (default) or `model` (etl.stage.validate; default from
-    `DLMREG_FHIR_VALIDATION`).
+    `DLMREG_FHIR_VALIDATION`); resources are validated by `workers` processes (etl.stage.parse.parse_records).
     """
     snapshot = getattr(source, "is_snapshot", True)
-    validator = make_validator(validation)
     with engine.begin() as conn, StagingIndex() as index, \
             tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogatepass") as spool:
         # A repeated stage of the same run (a retried task) must not list its quarantine twice.
@@ -322,8 +321,7 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: 
         winners: dict[str, tuple[int, str]] = {}   # Patient id -> (spool line of the copy kept, its lastUpdated)
         cohort_ids: set[str] = set()               # FHIR ids of patients with a liver-metastasis Condition
         spooled = 0
-        for record in source.records(types=FIRST_PASS):
-            parsed = parse_record(record, validator)
+        for record, parsed in parse_records(source.records(types=FIRST_PASS), validation, workers):
             if isinstance(parsed, Rejected):
                 stager.quarantine(record, parsed.reason, parsed.resource_type)
                 continue
@@ -355,8 +353,7 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: 
                 continue   # an older copy of a Patient, already counted as a duplicate
             stager.route_spooled(item, known, cohort)
         # Pass 2: everything else, streamed.
-        for record in source.records(exclude=FIRST_PASS):
-            parsed = parse_record(record, validator)
+        for record, parsed in parse_records(source.records(exclude=FIRST_PASS), validation, workers):
             if isinstance(parsed, Rejected):
                 stager.quarantine(record, parsed.reason, parsed.resource_type)
             else:

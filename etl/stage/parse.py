@@ -3,14 +3,29 @@
 Validation uses the fhir.resources R4B models (they parse R4 JSON for the resources the registry uses),
 element by element with remembered values (etl.stage.validate: same verdicts, a fraction of the cost);
 the dict is kept for mapping because the models add nothing the transforms need.
+
+`parse_records` validates in worker processes (etl.workers) when there are any: the records go to them in
+chunks, a few chunks ahead, and come back in input order, so staging sees what it would see validating
+them itself. A worker returns only its verdict; the run's own process parses the valid records again
+(JSON parsing is a small part of validation's cost, and cheaper than sending the parsed dict back).
 """
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from etl.extract import RawRecord
-from etl.stage.validate import ElementValidator, ModelValidator, UnknownType
+from etl.stage.validate import ElementValidator, ModelValidator, UnknownType, make_validator
+from etl.workers import default_workers, process_pool
+
+log = logging.getLogger(__name__)
+CHUNK_RECORDS = 1000       # records per task sent to a worker (an input of one chunk starts no worker) ...
+CHUNK_CHARS = 4_000_000    # ... or fewer, when their text reaches this many characters (a few chunks are in flight)
 
 
 @dataclass(frozen=True)
@@ -51,3 +66,76 @@ def parse_record(record: RawRecord, validator: ElementValidator | ModelValidator
     if problem is not None:
         return Rejected(f"invalid {resource_type}: {problem}", resource_type)
     return resource
+
+
+def parse_records(records: Iterable[RawRecord], validation: str | None = None,
+                  workers: int | None = None, chunk: int | None = None) -> Iterator[tuple[RawRecord, dict | Rejected]]:
+    """(record, parse_record(record)) for each record, in order; validated by `workers` processes (default
+    etl.workers.default_workers) when the input holds more than one chunk. `validation` as in
+    etl.stage.validate.make_validator. A worker that dies is logged, and the rest is validated here."""
+    workers = default_workers() if workers is None else workers
+    validator = make_validator(validation)
+    chunks = _chunks(records, chunk or CHUNK_RECORDS) if workers >= 1 else iter([records])
+    first = next(chunks, [])
+    second = next(chunks, None) if workers >= 1 else None
+    if second is None:   # no workers, or one chunk at most: not worth starting them
+        for record in first:
+            yield record, parse_record(record, validator)
+        return
+    chunks = itertools.chain([first, second], chunks)
+    with process_pool(workers, _start_worker, (validation,)) as pool:
+        ahead: deque = deque()   # [chunk, its future]: a chunk leaves only once its answers are in
+        try:
+            for part in chunks:
+                ahead.append([part, None])
+                ahead[-1][1] = pool.submit(_verdicts, part)
+                if len(ahead) > 2 * workers:
+                    yield from _answers(ahead)
+            while ahead:
+                yield from _answers(ahead)
+        except BrokenProcessPool:
+            log.warning("a validating worker process died; validating the remaining records in the main process")
+            for part, _ in ahead:
+                for record in part:
+                    yield record, parse_record(record, validator)
+            for record in itertools.chain.from_iterable(chunks):
+                yield record, parse_record(record, validator)
+
+
+def _chunks(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
+    """Lists of at most `size` records and (but for a single larger record) CHUNK_CHARS characters."""
+    part: list[RawRecord] = []
+    chars = 0
+    for record in records:
+        if part and (len(part) >= size or chars + len(record.text) > CHUNK_CHARS):
+            yield part
+            part, chars = [], 0
+        part.append(record)
+        chars += len(record.text)
+    if part:
+        yield part
+
+
+def _answers(ahead: deque) -> Iterator[tuple[RawRecord, dict | Rejected]]:
+    """The first chunk's records with their verdicts (raises BrokenProcessPool, the chunk kept, if it has none)."""
+    verdicts = ahead[0][1].result()
+    part = ahead.popleft()[0]
+    for record, verdict in zip(part, verdicts):
+        yield record, (verdict if verdict is not None else json.loads(record.text))
+
+
+_WORKER_VALIDATOR: ElementValidator | ModelValidator | None = None
+
+
+def _start_worker(validation: str | None) -> None:
+    global _WORKER_VALIDATOR
+    _WORKER_VALIDATOR = make_validator(validation)
+
+
+def _verdicts(part: list[RawRecord]) -> list[Rejected | None]:
+    """In a worker: None for each valid record, else why it was rejected."""
+    out = []
+    for record in part:
+        parsed = parse_record(record, _WORKER_VALIDATOR)
+        out.append(parsed if isinstance(parsed, Rejected) else None)
+    return out
