@@ -484,7 +484,7 @@ def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
     for r in all_ratios:
         if r["target"]:
             label = TARGETS[r["key"]][0]
-            size = (f"{r['patients'][0]:,} -> {r['patients'][1]:,}" if isinstance(r["patients"], tuple)
+            size = (f"{r['patients'][0]:,} -> {r['patients'][1]:,}, {r['registry']}" if isinstance(r["patients"], tuple)
                     else f"{r['patients']:,} patients, {r['registry']}")
             digits = 3 if r["key"] in INCREMENTAL_KEYS else 2
             lines.append(f"| {label} | {size} | {_fmt(r['value'], digits)} | {_verdict(r)} |")
@@ -532,7 +532,9 @@ def write_markdown(rows: list[dict], path: Path, header: dict) -> None:
               "logged table with psycopg 3's `cursor.copy`, one commit. Nothing less can load this input.",
               "- **ETL** (`dlmreg run --source COHORT --registry URL --out OUT --no-progress`): the whole job: stage "
               "(parse, validate, de-identify), map, load, derive, quality checks, Data Docs, analysis and report, "
-              "into a database created for the run.",
+              "into a database created for the run, with its default worker processes (one per CPU) validating "
+              "resources and reading report texts. Its CPU time includes the workers'; its peak RSS is the "
+              "largest of the run's process and its workers (what `wait4` reports), not their sum.",
               "- **naive** (`bench/naive.py`): for each resource of a sample (the first lines of each file, in "
               "proportion to the file's share of all resources), a fhir.resources R4B `model_validate`, one "
               "SQLAlchemy ORM object, `session.add` and `session.commit`. The time of that loop per resource, "
