@@ -23,10 +23,10 @@ import sqlalchemy as sa
 from etl.dashboard import write_dashboard
 from etl.extract import ServerOptions, open_source
 from etl.frames import read_frame
-from etl.nlp.reader import ReportReader
 from etl.lesions.derive import derive
 from etl.load import (backfill_lineage_patients, claimed_elsewhere, delete_all_patients, delete_persons, insert_rows,
                       move_lineage, replace_global_rows, table_counts, write_lineage)
+from etl.nlp.reader import ReportReader
 from etl.progress import Progress
 from etl.registry import Registry, open_registry
 from etl.run_lock import registry_lock

@@ -5,10 +5,12 @@ beside the run's own process: `--workers` / `DLMREG_WORKERS`, by default one per
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 
+log = logging.getLogger(__name__)
 WORKERS_ENV = "DLMREG_WORKERS"
 
 
@@ -32,6 +34,16 @@ def default_workers() -> int:
         except ValueError as exc:
             raise ValueError(f"{WORKERS_ENV}: {exc}") from None
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def usable_workers(workers: int | None = None) -> int:
+    """`workers` (default: default_workers()), or 0 in a daemonic process, which may not start processes of
+    its own (a Celery pool process, for one): the step then runs in the run's own process."""
+    workers = default_workers() if workers is None else workers
+    if workers and multiprocessing.current_process().daemon:
+        log.info("running in a daemonic process: no worker processes")
+        return 0
+    return workers
 
 
 def process_pool(workers: int, initializer=None, initargs: tuple = ()) -> ProcessPoolExecutor:

@@ -14,7 +14,7 @@ from etl.nlp.reader import ReportReader
 from etl.pipeline import load_patients, stage
 from etl.registry import open_registry
 from etl.vocabulary import load_code_map
-from etl.workers import default_workers
+from etl.workers import default_workers, usable_workers
 from tests.conftest import REPO
 from tests.registry_compare import assert_same_registry
 
@@ -67,6 +67,16 @@ def test_a_dead_worker_falls_back_to_the_main_process(corpus_jobs, caplog):
         assert reader.workers == 0 and reader._executor is None
         assert "worker process died" in caplog.text
         assert reader.read_ahead(corpus_jobs) is None
+
+
+def test_no_workers_in_a_daemonic_process(monkeypatch):
+    """A Celery pool process is daemonic and may not start processes: the steps then run in it."""
+    import multiprocessing
+
+    monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", True)
+    assert usable_workers(2) == 0 and ReportReader(2).workers == 0
+    monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", False)
+    assert usable_workers(2) == 2
 
 
 def test_workers_from_the_environment(monkeypatch):

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from etl.nlp import Mention, extract
-from etl.workers import default_workers, process_pool
+from etl.workers import process_pool, usable_workers
 
 log = logging.getLogger(__name__)
 CHUNK_TEXTS = 200      # texts per task sent to a worker
@@ -34,7 +34,7 @@ class ReportReader:
     """`extract` with read-ahead in `workers` processes (see the module docstring)."""
 
     def __init__(self, workers: int | None = None, min_texts: int | None = None, chunk_texts: int = CHUNK_TEXTS):
-        self.workers = default_workers() if workers is None else workers
+        self.workers = usable_workers(workers)
         self.min_texts = MIN_TEXTS if min_texts is None else min_texts
         self.chunk_texts = chunk_texts
         self._executor: ProcessPoolExecutor | None = None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from etl.extract import RawRecord
 from etl.stage.validate import ElementValidator, ModelValidator, UnknownType, make_validator
-from etl.workers import default_workers, process_pool
+from etl.workers import process_pool, usable_workers
 
 log = logging.getLogger(__name__)
 CHUNK_RECORDS = 1000       # records per task sent to a worker (an input of one chunk starts no worker) ...
@@ -71,9 +71,9 @@ def parse_record(record: RawRecord, validator: ElementValidator | ModelValidator
 def parse_records(records: Iterable[RawRecord], validation: str | None = None,
                   workers: int | None = None, chunk: int | None = None) -> Iterator[tuple[RawRecord, dict | Rejected]]:
     """(record, parse_record(record)) for each record, in order; validated by `workers` processes (default
-    etl.workers.default_workers) when the input holds more than one chunk. `validation` as in
+    etl.workers.usable_workers) when the input holds more than one chunk. `validation` as in
     etl.stage.validate.make_validator. A worker that dies is logged, and the rest is validated here."""
-    workers = default_workers() if workers is None else workers
+    workers = usable_workers(workers)
     validator = make_validator(validation)
     chunks = _chunks(records, chunk or CHUNK_RECORDS) if workers >= 1 else iter([records])
     first = next(chunks, [])
