@@ -46,6 +46,17 @@ def test_read_ahead_gives_what_extract_gives(corpus_jobs):
     assert reader._executor is None
 
 
+def test_a_text_that_fails_fails_alone(corpus_jobs):
+    """A text whose reading raises raises when asked for, as read here; the others of its chunk are read."""
+    bad = (corpus_jobs[0][0], "no-such-kind", "en")
+    with ReportReader(workers=1, min_texts=1, chunk_texts=10) as reader:
+        reader.read_ahead([bad, *corpus_jobs[:5]])
+        assert [reader.extract(*job) for job in corpus_jobs[:5]] == [extract(*job) for job in corpus_jobs[:5]]
+        with pytest.raises(ValueError, match="unknown report kind"):
+            reader.extract(*bad)
+        assert reader.read_in_workers == 6
+
+
 @pytest.mark.parametrize("workers, min_texts", [(0, 1), (2, 10_000)])
 def test_no_workers_started_when_not_worth_it(corpus_jobs, workers, min_texts):
     with ReportReader(workers=workers, min_texts=min_texts) as reader:

@@ -26,8 +26,15 @@ MIN_TEXTS = 500        # fewer texts ahead than this are read in the main proces
 Job = tuple[str, str, str]   # (text, kind, lang) as etl.nlp.extract takes them
 
 
-def _extract_all(jobs: list[Job]) -> list[list[Mention]]:
-    return [extract(*job) for job in jobs]
+def _extract_all(jobs: list[Job]) -> list[list[Mention] | Exception]:
+    """In a worker: each job's mentions, or the exception reading it raised (for that job alone)."""
+    out: list[list[Mention] | Exception] = []
+    for job in jobs:
+        try:
+            out.append(extract(*job))
+        except Exception as exc:  # raised again when mapping asks for this text, as reading it here would
+            out.append(exc)
+    return out
 
 
 class ReportReader:
@@ -82,6 +89,8 @@ class ReportReader:
                     self._broken()
                     break
                 self.read_in_workers += 1
+                if isinstance(found, Exception):
+                    raise found
                 return found
         self.read_here += 1
         return extract(text, kind, lang)
