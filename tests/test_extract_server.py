@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
@@ -16,6 +16,9 @@ from tests.fhir_server import Faults, FhirTestServer
 from tests.registry_compare import assert_same_registry
 
 ALL_FAULTS = ("429", "503", "drop", "truncate", "invalid_json", "expire_token")
+# One run date for the module: registries compared here are built minutes apart, and a run on either side
+# of midnight would write another NOTE_NLP.nlp_date.
+TODAY = date.today()
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,8 @@ def cohort(cohort_factory):
 
 def _file_registry(source, directory) -> str:
     url = f"sqlite:///{directory / 'r.sqlite'}"
-    run(RunSettings(source=str(source), registry_url=url, out_dir=directory / "out", show_progress=False))
+    run(RunSettings(source=str(source), registry_url=url, out_dir=directory / "out", show_progress=False,
+                    today=TODAY))
     return url
 
 
@@ -67,6 +71,7 @@ def smart_client(request, monkeypatch):
 def _pull(server, tmp_path, name, **options):
     url = f"sqlite:///{tmp_path / f'{name}.sqlite'}"
     results = run(RunSettings(source=server.url, registry_url=url, out_dir=tmp_path / name, show_progress=False,
+                              today=TODAY,
                               server=ServerOptions(**options)))
     return url, results
 
@@ -141,7 +146,7 @@ def test_incremental_rest_pull_fetches_only_changes(cohort, tmp_path):
         changed = _change_one_percent(server, cohort)
         server.clear_request_log()
         second = run(RunSettings(source=server.url, registry_url=url, out_dir=tmp_path / "second",
-                                 show_progress=False, server=ServerOptions(overlap_seconds=0)))
+                                 show_progress=False, today=TODAY, server=ServerOptions(overlap_seconds=0)))
         log = list(server.request_log)
         with FhirTestServer(page_size=100) as fresh_server:  # the final data, pulled from scratch
             for entry in _snapshot(server):
@@ -183,7 +188,7 @@ def test_incremental_bulk_export_applies_changes_and_deletions(cohort, tmp_path)
         server.delete("DocumentReference", deleted)
         server.clear_request_log()
         second = run(RunSettings(source=server.url, registry_url=url, out_dir=tmp_path / "second",
-                                 show_progress=False, server=ServerOptions(mode="bulk")))
+                                 show_progress=False, today=TODAY, server=ServerOptions(mode="bulk")))
         kickoff = next(e for e in server.request_log if e["path"].endswith("$export"))
         with FhirTestServer() as fresh_server:
             for resource in _snapshot(server):
