@@ -107,14 +107,12 @@ class _ChangesOnly:
         return self._files.records(types, exclude)
 
 
-@pytest.mark.parametrize("lazy_lookups, block", [(None, None), (None, 3), (3, None)],
-                         ids=["asked-in-blocks", "blocks-of-3", "switch-to-reading-all"])
+@pytest.mark.parametrize("lazy_lookups", [None, 3], ids=["key-by-key", "switch-to-reading-all"])
 def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp_path, registry_factory,
-                                                              monkeypatch, lazy_lookups, block):
+                                                              monkeypatch, lazy_lookups):
     """Only the changed resources arrive (no patients, no cohort conditions among them) plus a deletion
     list: staging merges them with what it holds, and the registry equals a fresh load of the final data.
-    Staging is asked for the keys a block of resources brings (the default block, or blocks of 3), or (a
-    low `LAZY_LOOKUPS`) read whole after the first few keys."""
+    Staging is asked key by key, or (a low `LAZY_LOOKUPS`) read whole after the first few keys."""
     import etl.stage
     from etl.registry import open_registry
     from etl.stage import stage_source
@@ -146,8 +144,6 @@ def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp
     registry = open_registry(incremental)
     if lazy_lookups is not None:
         monkeypatch.setattr(etl.stage, "LAZY_LOOKUPS", lazy_lookups)
-    if block is not None:
-        monkeypatch.setattr(etl.stage, "LOOKUP_BLOCK", block)
     accounting = stage_source(registry.engine, registry.tables, _ChangesOnly(changes, deleted), load_code_map(),
                               Pseudonymizer(), "incremental-run", SUPPORTED_TYPES, show_progress=False)
     assert accounting.changes["deleted"] == len(deleted)
