@@ -7,7 +7,6 @@ through XCom.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -244,7 +243,7 @@ def _store_audit(registry: Registry, run_id: str, audited: dict) -> dict:
             "unmapped_codes": [{k: u[k] for k in UNMAPPED_COLUMNS} for u in unmapped]}
 
 
-@contextlib.contextmanager
+@contextmanager
 def timed(seconds: dict[str, float], phase: str):
     """Record the wall time of the block in `seconds[phase]` (2 decimals), only if the block completes."""
     start = time.perf_counter()
