@@ -263,7 +263,7 @@ def bench_size(patients: int, registries: list[str], server_url: str, work: Path
             results = _results(out)
             rows.append(_row(patients, step, name, run, resources=results.get("resources_read", count or total),
                              staging_changes=results.get("staging_changes"), changed_resources=count,
-                             phase_seconds=results.get("seconds")))
+                             phase_seconds=results.get("seconds"), phase_peaks=results.get("peak_rss_mib")))
             shutil.rmtree(out, ignore_errors=True)
             if run["error"]:
                 break  # an incremental run on a registry whose full run failed measures nothing useful
@@ -444,7 +444,8 @@ def _load_range(rows: list[dict]) -> str:
 
 
 def _phase_table(size_rows: list[dict]) -> list[str]:
-    """Where each ETL run's wall time went, from its own `results.json` (`run.seconds`)."""
+    """Where each ETL run's wall time went and its peak RSS by phase, from its `results.json` (`run.seconds`,
+    `run.peak_rss_mib`)."""
     timed = [r for step, registry in STEP_ORDER for r in size_rows
              if (r["step"], r["registry"]) == (step, registry) and r.get("phase_seconds") and not r.get("error")]
     if not timed:
@@ -453,12 +454,24 @@ def _phase_table(size_rows: list[dict]) -> list[str]:
              "interpreter start-up, imports and writing results and the dashboard):", "",
              "| step | " + " | ".join(PHASES.values()) + " | rest |", "|---|" + "---:|" * (len(PHASES) + 1)]
     for r in timed:
-        label = STEP_LABELS[r["step"]].format(registry=r["registry"], sample=0,
-                                              changed_resources=r.get("changed_resources") or 0).split(" (")[0]
         phases = r["phase_seconds"]
         cells = [f"{phases[p]:,.1f}" if p in phases else "n/a" for p in PHASES]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['wall_s'] - sum(phases.values()):,.1f} |")
+        lines.append(f"| {_run_label(r)} | " + " | ".join(cells) + f" | {r['wall_s'] - sum(phases.values()):,.1f} |")
+    peaked = [r for r in timed if r.get("phase_peaks")]
+    if peaked:
+        lines += ["", "Peak RSS of each run's own process at the end of each phase (MiB, from its `results.json`; "
+                  "the first phase with the run's final figure is where its peak was; worker processes not "
+                  "included):", "", "| step | " + " | ".join(PHASES.values()) + " |", "|---|" + "---:|" * len(PHASES)]
+        for r in peaked:
+            cells = [f"{r['phase_peaks'][p]:,.0f}" if p in r["phase_peaks"] else "n/a" for p in PHASES]
+            lines.append(f"| {_run_label(r)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _run_label(row: dict) -> str:
+    """A run's step label without its parenthesised details."""
+    return STEP_LABELS[row["step"]].format(registry=row["registry"], sample=0,
+                                           changed_resources=row.get("changed_resources") or 0).split(" (")[0]
 
 
 def write_markdown(rows: list[dict], path: Path, header: dict) -> None:

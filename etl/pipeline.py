@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import resource
 import tempfile
 import time
 import uuid
@@ -244,11 +245,19 @@ def _store_audit(registry: Registry, run_id: str, audited: dict) -> dict:
 
 
 @contextmanager
-def timed(seconds: dict[str, float], phase: str):
-    """Record the wall time of the block in `seconds[phase]` (2 decimals), only if the block completes."""
+def timed(seconds: dict[str, float], phase: str, peaks: dict[str, float]):
+    """Record the wall time of the block in `seconds[phase]` (2 decimals), only if the block completes, and
+    the process's peak RSS so far in `peaks[phase]` (MiB): the first phase that holds the run's peak is
+    where it was reached (what to look at when sizing a machine)."""
     start = time.perf_counter()
     yield
     seconds[phase] = round(time.perf_counter() - start, 2)
+    peaks[phase] = peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (MiB), as getrusage reports it (KiB on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str, window_months: float,
@@ -263,17 +272,18 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
     Returns rows, lesion groups, warnings, unmapped codes (of the whole registry, as a full re-map reports
     them), the `quality` summary, the `lesion_flow` of the audited state (read before commit or rollback, so
     a failed run has it too), `map` (what load_patients did) and `seconds` spent mapping (with loading and
-    deriving) and auditing (indexes, counts, quality checks).
+    deriving) and auditing (indexes, counts, quality checks), with the process's `peak_rss_mib` at the end of each.
     """
     t = registry.tables
     seconds: dict[str, float] = {}
+    peaks: dict[str, float] = {}
     with registry.engine.connect() as conn:
         transaction = conn.begin()
         try:
-            with timed(seconds, "map_load_derive"):
+            with timed(seconds, "map_load_derive", peaks):
                 mapped = load_patients(conn, t, codes, run_id, window_months, today, remap_all=remap_all,
                                        batch_size=batch_size, show_progress=show_progress, workers=workers)
-            with timed(seconds, "audit"):
+            with timed(seconds, "audit", peaks):
                 audited = _audit(conn, t, codes, source, today, data_docs_dir, registry)
         except BaseException:
             transaction.rollback()
@@ -284,7 +294,8 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
             transaction.commit()
         else:
             transaction.rollback()
-    return {**_store_audit(registry, run_id, audited), "map": mapped, "seconds": seconds}
+    return {**_store_audit(registry, run_id, audited), "map": mapped, "seconds": seconds,
+            "peak_rss_mib": peaks}
 
 
 def map_partition(registry: Registry, codes: CodeMap, run_id: str, part: int, parts: int, window_months: float,
@@ -435,9 +446,10 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
     # A run that dies (killed, machine lost) stays visible as `running` in dlm_run.
     record_run(registry, {**results["run"], "started_at": started})
     seconds = results["run"]["seconds"] = {}
+    peaks = results["run"]["peak_rss_mib"] = {}
     try:
         log.info("stage: reading %s", source_label)
-        with timed(seconds, "stage"):
+        with timed(seconds, "stage", peaks):
             results["run"].update(stage(registry, source, codes, run_id, settings.show_progress, settings.server,
                                         settings.workers))
         log.info("map/load/derive")
@@ -448,6 +460,7 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
         results["run"].update(rows=mapped["rows"], warnings=mapped["warnings"],
                               unmapped_codes=len(mapped["unmapped_codes"]))
         seconds.update(mapped["seconds"])
+        peaks.update(mapped["peak_rss_mib"])
         write_unmapped_report(settings.out_dir, mapped["unmapped_codes"])
         results["quality"] = mapped["quality"]
         # The audited counts; a published run's analysis recomputes them from the committed (same) data.
@@ -457,7 +470,7 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
         log.info("analysis")
         # Quality passed: the results are published (a failure from here on resets the status).
         results["run"]["status"] = "published"
-        with timed(seconds, "analysis_report"):
+        with timed(seconds, "analysis_report", peaks):
             analyse_and_report(registry, settings.out_dir, results, settings.at_risk_times)
     except RunFailed as exc:
         results["run"].update(status="failed", message=str(exc))

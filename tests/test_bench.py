@@ -47,8 +47,9 @@ args.out.mkdir(parents=True, exist_ok=True)
 changes = {"new": len(lines) if first else 0, "changed": 0 if first else changed,
            "unchanged": 0 if first else len(lines) - changed, "deleted": 0}
 seconds = {"stage": 0.25, "map_load_derive": 0.5, "audit": 0.75, "analysis_report": 0.125}
+peaks = {"stage": 50.0, "map_load_derive": 60.0, "audit": 70.0, "analysis_report": 70.0}
 (args.out / "results.json").write_text(json.dumps({"run": {"resources_read": len(lines), "staging_changes": changes,
-                                                           "seconds": seconds}}))
+                                                           "seconds": seconds, "peak_rss_mib": peaks}}))
 '''
 
 
@@ -116,6 +117,10 @@ def _check(lines: list[dict], markdown: str) -> None:
         cells = [float(c.replace(",", "")) for c in line.strip("| ").split(" | ")[1:]]
         assert len(cells) == 5 and all(c >= 0 for c in cells[:4])
         assert any(abs(sum(cells) - r["wall_s"]) < 0.1 + 0.01 * r["wall_s"] for r in runs)
+    # and each run's peak RSS at the end of each phase, as its results.json has it
+    peaks = markdown.split("at the end of each phase")[1].split("\n\n")[1].splitlines()[2:]
+    assert [line.split(" | ")[0] for line in peaks] == [line.split(" | ")[0] for line in phases]
+    assert all(line.strip("| ").split(" | ")[1:] == ["50", "60", "70", "70"] for line in peaks)
 
 
 def test_bench_machinery_writes_every_row(tmp_path):

@@ -31,6 +31,8 @@ def test_main_job_on_the_embedded_default(tmp_path):
     assert list(seconds) == ["stage", "map_load_derive", "audit", "analysis_report"]
     started, finished = (dt.datetime.fromisoformat(results["run"][k]) for k in ("started_at", "finished_at"))
     assert all(v > 0 for v in seconds.values()) and sum(seconds.values()) <= (finished - started).total_seconds()
+    peaks = list(results["run"]["peak_rss_mib"].values())   # the high-water mark of each phase, in order
+    assert list(results["run"]["peak_rss_mib"]) == list(seconds) and peaks == sorted(peaks) and peaks[0] > 10
 
 
 def test_missing_source_is_a_one_line_error(tmp_path, capsys):
@@ -60,6 +62,7 @@ def test_corrupted_cohort_is_not_published(cohort_factory, tmp_path, capsys):
                                                             "DLM7:baseline_before_chemotherapy"]
     assert "npv" not in results and not (out / "report.html").exists()
     assert list(results["run"]["seconds"]) == ["stage", "map_load_derive", "audit"]   # the phases it reached
+    assert list(results["run"]["peak_rss_mib"]) == ["stage", "map_load_derive", "audit"]
     assert results["run"]["resources_read"] == results["run"]["loaded"] + results["run"]["quarantined"] + \
         results["run"]["excluded"]
 

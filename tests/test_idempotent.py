@@ -9,7 +9,7 @@ from etl.load import REPLACED_TABLES
 from etl.pipeline import RunSettings, run
 from etl.registry import open_registry
 
-RUN_SPECIFIC = {"run_id", "started_at", "finished_at", "staging_changes", "seconds"}
+RUN_SPECIFIC = {"run_id", "started_at", "finished_at", "staging_changes", "seconds", "peak_rss_mib"}
 
 
 def _snapshot(url: str) -> dict[str, list]:
