@@ -76,7 +76,9 @@ def run_checks(conn: sa.Connection, tables: dict[str, sa.Table], today: dt.date,
     return validate(conn, checks, frames, data_docs_dir)
 
 
-CHUNK_VALUES = 300_000  # values (rows x columns read) per great-expectations batch, about
+# Values (rows x columns read) per great-expectations batch, about: the batch is the audit's peak memory. On
+# the 10,000-patient registry 300,000 peaked at 367 MiB, 100,000 at 311 MiB, for 2 s more (23 s to 25 s).
+CHUNK_VALUES = 100_000
 
 
 def validate(conn: sa.Connection, checks: list[Check], frames: dict[str, Frame],

@@ -6,14 +6,23 @@ import datetime as dt
 from decimal import Decimal
 
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 
+from etl import frames
 from etl.frames import read_frame
 from etl.pipeline import RunSettings, run
 from etl.registry import open_registry
 
 
-def test_views_read_as_read_sql_reads_them(cohort_factory, tmp_path, registry_url):
+@pytest.fixture(params=[frames.FETCH_ROWS, 1, 2, 3], ids=lambda rows: f"batches_of_{rows}")
+def fetch_rows(request, monkeypatch):
+    """Batches of every size: a column's batches may type differently (ints, then ints with a NULL; only NULLs)."""
+    monkeypatch.setattr(frames, "FETCH_ROWS", request.param)
+    return request.param
+
+
+def test_views_read_as_read_sql_reads_them(cohort_factory, tmp_path, registry_url, fetch_rows):
     run(RunSettings(source=str(cohort_factory(40, 3)), registry_url=registry_url, out_dir=tmp_path / "o",
                     show_progress=False))
     registry = open_registry(registry_url)
@@ -26,15 +35,16 @@ def test_views_read_as_read_sql_reads_them(cohort_factory, tmp_path, registry_ur
         pd.testing.assert_frame_equal(got, expected)
 
 
-def test_every_column_type_reads_as_read_sql_reads_it(registry_url):
+def test_every_column_type_reads_as_read_sql_reads_it(registry_url, fetch_rows):
     engine = sa.create_engine(registry_url)
     meta = sa.MetaData()
     table = sa.Table("frame_types", meta, sa.Column("i", sa.Integer), sa.Column("i_null", sa.Integer),
                      sa.Column("n", sa.Numeric(10, 2)), sa.Column("f", sa.Float), sa.Column("b", sa.Boolean),
-                     sa.Column("d", sa.Date), sa.Column("t", sa.Text), sa.Column("empty", sa.Text))
+                     sa.Column("d", sa.Date), sa.Column("t", sa.Text), sa.Column("empty", sa.Text),
+                     sa.Column("late_null", sa.Integer), sa.Column("late_value", sa.Integer))
     rows = [{"i": k, "i_null": None if k % 3 else k, "n": Decimal(f"{k}.25"), "f": None if k == 2 else k / 4,
              "b": None if k == 1 else k % 2 == 0, "d": dt.date(2020, 1, 1 + k % 5), "t": f"text {k % 2}",
-             "empty": None} for k in range(7)]
+             "empty": None, "late_null": None if k == 6 else k, "late_value": k if k == 6 else None} for k in range(7)]
     with engine.begin() as conn:
         meta.drop_all(conn)
         meta.create_all(conn)
