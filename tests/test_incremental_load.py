@@ -107,12 +107,15 @@ class _ChangesOnly:
         return self._files.records(types, exclude)
 
 
-@pytest.mark.parametrize("lazy_lookups", [None, 3], ids=["key-by-key", "switch-to-reading-all"])
+@pytest.mark.parametrize("lazy_lookups, block, block_chars", [(None, None, None), (None, 3, None), (None, None, 1),
+                                                              (3, None, None)],
+                         ids=["asked-in-blocks", "blocks-of-3", "blocks-of-one-by-size", "switch-to-reading-all"])
 def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp_path, registry_factory,
-                                                              monkeypatch, lazy_lookups):
+                                                              monkeypatch, lazy_lookups, block, block_chars):
     """Only the changed resources arrive (no patients, no cohort conditions among them) plus a deletion
     list: staging merges them with what it holds, and the registry equals a fresh load of the final data.
-    Staging is asked key by key, or (a low `LAZY_LOOKUPS`) read whole after the first few keys."""
+    Staging is asked for the keys a block of resources brings (the default block, blocks of 3 resources, or
+    of one resource by their characters), or (a low `LAZY_LOOKUPS`) read whole after the first few keys."""
     import etl.stage
     from etl.registry import open_registry
     from etl.stage import stage_source
@@ -144,6 +147,10 @@ def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp
     registry = open_registry(incremental)
     if lazy_lookups is not None:
         monkeypatch.setattr(etl.stage, "LAZY_LOOKUPS", lazy_lookups)
+    if block is not None:
+        monkeypatch.setattr(etl.stage, "LOOKUP_BLOCK", block)
+    if block_chars is not None:
+        monkeypatch.setattr(etl.stage, "LOOKUP_BLOCK_CHARS", block_chars)
     accounting = stage_source(registry.engine, registry.tables, _ChangesOnly(changes, deleted), load_code_map(),
                               Pseudonymizer(), "incremental-run", SUPPORTED_TYPES, show_progress=False)
     assert accounting.changes["deleted"] == len(deleted)

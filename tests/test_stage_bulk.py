@@ -163,9 +163,9 @@ def _varied_source(cohort_factory, tmp_path, name="source"):
     return source
 
 
-def _stage(url: str, source, run_id: str):
+def _stage(url: str, source, run_id: str, delta: bool = False):
     registry = open_registry(url)
-    accounting = stage_source(registry.engine, registry.tables, FileSource(source), load_code_map(),
+    accounting = stage_source(registry.engine, registry.tables, FileSource(source, delta), load_code_map(),
                               Pseudonymizer(KEY), run_id, SUPPORTED_TYPES, show_progress=False)
     registry.engine.dispose()
     return accounting
@@ -255,9 +255,11 @@ def test_restaging_changed_and_deleted_input_equals_a_fresh_stage(cohort_factory
     assert _staging(restaged, content, "run-3") == _staging(fresh, content, "run-3")
 
 
-def test_stage_does_not_hold_the_bodies_in_memory(tmp_path, monkeypatch):
+@pytest.mark.parametrize("delta", [False, True], ids=["snapshot", "changes-only"])
+def test_stage_does_not_hold_the_bodies_in_memory(tmp_path, monkeypatch, delta):
     """40 MB of Conditions (read in the first pass, before the cohort is known) and of Observations: the
-    stage's Python memory peak stays far below it."""
+    stage's Python memory peak stays far below it, also for changes only, whose staged keys are asked for
+    a block of resources at a time (a block is bounded by its characters too)."""
     monkeypatch.setattr(etl.stage, "BATCH_CHARS", 1_000_000)
     source = tmp_path / "big"
     source.mkdir()
@@ -277,7 +279,7 @@ def test_stage_does_not_hold_the_bodies_in_memory(tmp_path, monkeypatch):
     open_registry(url).engine.dispose()
     tracemalloc.start()
     try:
-        accounting = _stage(url, source, "run-1")
+        accounting = _stage(url, source, "run-1", delta)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -20,7 +20,8 @@ Streaming, in bounded memory:
   (etl.stage.index): the staged hash of every staged resource (read at the start, to skip unchanged ones)
   and whether, with which `lastUpdated`, it was seen in this run (duplicates, and snapshot deletions).
   Memory holds patient ids only. A snapshot reads every staged key first; an incremental source asks
-  staging for the keys it brings (up to `LAZY_LOOKUPS`, then it reads them all), so a small change costs
+  staging for the keys it brings, a block of at most `LOOKUP_BLOCK` resources / `LOOKUP_BLOCK_CHARS`
+  characters at a time (up to `LAZY_LOOKUPS` keys, then it reads them all), so a small change costs
   little however large staging is. The validator remembers at most `etl.stage.validate.CACHE_ENTRIES` values.
 """
 from __future__ import annotations
@@ -50,7 +51,9 @@ FIRST_PASS = {"Patient", "Condition"}
 BATCH_ROWS = 5000              # staging rows per write (also deletions and quarantine rows)
 BATCH_CHARS = 32_000_000       # ... or fewer, when their JSON reaches this many characters
 READ_CHUNK = 5000              # rows per fetch when reading staging
-LAZY_LOOKUPS = 20_000          # an incremental stage asks staging key by key up to this many times, then reads it all
+LOOKUP_BLOCK = 1000            # resources whose staged keys an incremental stage asks for together
+LOOKUP_BLOCK_CHARS = 2_000_000  # ... or fewer, when their JSON reaches this many characters (a block is held parsed)
+LAZY_LOOKUPS = 100_000         # an incremental stage asks staging for up to this many keys, then reads it all
 
 
 def _storable(text: str) -> str:
@@ -90,9 +93,11 @@ class _Stager:
         self.acct = Accounting()
         self.index = index
         # A snapshot needs every staged key (its deletions are the keys it does not hold): read them all now.
-        # An incremental source holds a few changes: ask staging for the keys it brings, one by one, unless
-        # there are many (then read them all, as for a snapshot); the cost then follows the change, not staging.
+        # An incremental source holds a few changes: ask staging for the keys it brings, a block at a time
+        # (`prefetch`), unless there are many (then read them all, as for a snapshot); the cost then follows
+        # the change, not staging.
         self.lazy_lookups = None if snapshot else 0
+        self.asked: set[tuple[str, str]] = set()   # keys of the current block that staging was asked for
         if snapshot:
             self._read_staged_keys()
         # Rows to write, by key (a newer copy replaces), each with whether its key is absent from staging.
@@ -107,23 +112,63 @@ class _Stager:
         self.index.load(self.conn.execute(sa.select(s.c.resource_type, s.c.resource_id, s.c.sha256)
                                           .order_by(s.c.resource_type, s.c.resource_id)   # in key order: fastest
                                           .execution_options(yield_per=READ_CHUNK)))
-        self.lazy_lookups = None
+        self.lazy_lookups, self.asked = None, set()
+
+    def prefetch(self, keys: list[tuple[str, str]], new_block: bool = True) -> None:
+        """Incremental source: read the staged hashes of a block of keys into the index, one query per
+        resource type and 500 keys, so that `_lookup` asks staging nothing more for them. Past
+        `LAZY_LOOKUPS` keys, read every staged key instead. A snapshot has read them all already."""
+        if self.lazy_lookups is None:
+            return
+        todo = [key for key in dict.fromkeys(keys) if new_block or key not in self.asked]
+        self.lazy_lookups += len(todo)
+        if self.lazy_lookups > LAZY_LOOKUPS:
+            self._read_staged_keys()
+            return
+        by_type: dict[str, list[str]] = {}
+        for resource_type, resource_id in todo:
+            by_type.setdefault(resource_type, []).append(resource_id)
+        s = self.staging
+        for resource_type, ids in by_type.items():
+            for start in range(0, len(ids), 500):
+                found = self.conn.execute(sa.select(s.c.resource_id, s.c.sha256).where(
+                    s.c.resource_type == resource_type, s.c.resource_id.in_(ids[start:start + 500]))).all()
+                self.index.load((resource_type, resource_id, sha) for resource_id, sha in found)
+        self.asked = set(todo) if new_block else self.asked | set(todo)
 
     def _lookup(self, key: tuple[str, str]) -> tuple[bytes | None, str | None]:
-        """etl.stage.index.StagingIndex.lookup, reading staging for a key the index has not read yet."""
+        """etl.stage.index.StagingIndex.lookup, asking staging for a key that neither the index nor the
+        current block's `prefetch` has read."""
         digest, seen = self.index.lookup(key)
-        if digest is None and self.lazy_lookups is not None:
-            self.lazy_lookups += 1
-            if self.lazy_lookups > LAZY_LOOKUPS:
-                self._read_staged_keys()
-                return self.index.lookup(key)
-            s = self.staging
-            staged = self.conn.execute(sa.select(s.c.sha256).where(s.c.resource_type == key[0],
-                                                                   s.c.resource_id == key[1])).scalar()
-            if staged is not None:
-                self.index.load([(*key, staged)])
-                digest = bytes.fromhex(staged)
+        if digest is None and self.lazy_lookups is not None and key not in self.asked:
+            self.prefetch([key], new_block=False)
+            digest, seen = self.index.lookup(key)
         return digest, seen
+
+    def staging_key(self, resource: dict) -> tuple[str, str]:
+        """(type, id) in staging: a Patient's id is its pseudonym."""
+        resource_type = resource["resourceType"]
+        return resource_type, self.pseudo.patient(resource["id"]) if resource_type == "Patient" else resource["id"]
+
+    def looked_up(self, items, key_of: Callable, chars_of: Callable):
+        """`items` in order. For an incremental source they are taken a block at a time (`LOOKUP_BLOCK` items
+        or `LOOKUP_BLOCK_CHARS` characters), and staging is asked for the block's keys (`key_of`: an item's
+        key, or None) before its items are handed on; a snapshot's items pass one by one."""
+        block, chars = [], 0
+        for item in items:
+            if self.lazy_lookups is None and not block:
+                yield item
+                continue
+            block.append(item)
+            chars += chars_of(item)
+            if len(block) >= LOOKUP_BLOCK or chars >= LOOKUP_BLOCK_CHARS:
+                yield from self._prefetched(block, key_of)
+                block, chars = [], 0
+        yield from self._prefetched(block, key_of)
+
+    def _prefetched(self, block: list, key_of: Callable) -> list:
+        self.prefetch([key for key in map(key_of, block) if key is not None])
+        return block
 
     # -- quarantine ------------------------------------------------------------------------------------
     def quarantine(self, record: RawRecord, reason: str, resource_type: str | None) -> None:
@@ -198,8 +243,7 @@ class _Stager:
 
     # -- staging ---------------------------------------------------------------------------------------
     def stage(self, resource: dict, owner_key: str | None) -> None:
-        resource_type = resource["resourceType"]
-        key = (resource_type, self.pseudo.patient(resource["id"]) if resource_type == "Patient" else resource["id"])
+        key = self.staging_key(resource)
         digest = self.digest(resource)
         self._stage(key, _last_updated(resource), digest,
                     lambda: self._row(key, resource.get("meta") or {}, owner_key, digest.hex(),
@@ -257,10 +301,12 @@ class _Stager:
     def remove_deleted(self, deleted: list[tuple[str, str]]) -> None:
         """Deletions the source reported (e.g. Bulk Data `deleted`), by FHIR type and id."""
         self.flush()
-        keys = sorted(key for key in {(t, self.pseudo.patient(i) if t == "Patient" else i) for t, i in deleted}
-                      if self._is_unseen(key))
-        for start in range(0, len(keys), BATCH_ROWS):
-            self._delete(keys[start:start + BATCH_ROWS])
+        asked = sorted({(t, self.pseudo.patient(i) if t == "Patient" else i) for t, i in deleted})
+        for start in range(0, len(asked), LOOKUP_BLOCK):
+            self.prefetch(asked[start:start + LOOKUP_BLOCK])
+            keys = [key for key in asked[start:start + LOOKUP_BLOCK] if self._is_unseen(key)]
+            for first in range(0, len(keys), BATCH_ROWS):
+                self._delete(keys[first:first + BATCH_ROWS])
 
     def _is_unseen(self, key: tuple[str, str]) -> bool:
         """Staged before and not seen in this run."""
@@ -347,13 +393,16 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: 
         kept = {line for line, _ in winners.values()}
         del winners, cohort_ids
         spool.seek(0)
-        for line, text in enumerate(spool):
-            item = json.loads(text)
+        spooled_items = ((line, json.loads(text), len(text)) for line, text in enumerate(spool))
+        for line, item, _ in stager.looked_up(spooled_items, lambda s: (s[1][1], s[1][2]), lambda s: s[2]):
             if item[1] == "Patient" and line not in kept:
                 continue   # an older copy of a Patient, already counted as a duplicate
             stager.route_spooled(item, known, cohort)
         # Pass 2: everything else, streamed.
-        for record, parsed in parse_records(source.records(exclude=FIRST_PASS), validation, workers):
+        parsed_records = parse_records(source.records(exclude=FIRST_PASS), validation, workers)
+        for record, parsed in stager.looked_up(
+                parsed_records, lambda r: None if isinstance(r[1], Rejected) else stager.staging_key(r[1]),
+                lambda r: len(r[0].text)):
             if isinstance(parsed, Rejected):
                 stager.quarantine(record, parsed.reason, parsed.resource_type)
             else:
