@@ -145,10 +145,9 @@ class _Stager:
             digest, seen = self.index.lookup(key)
         return digest, seen
 
-    def staging_key(self, resource: dict) -> tuple[str, str]:
-        """(type, id) in staging: a Patient's id is its pseudonym."""
-        resource_type = resource["resourceType"]
-        return resource_type, self.pseudo.patient(resource["id"]) if resource_type == "Patient" else resource["id"]
+    def staging_key(self, resource_type: str, resource_id: str) -> tuple[str, str]:
+        """(type, id) in staging of a FHIR type and id: a Patient's id is its pseudonym."""
+        return resource_type, self.pseudo.patient(resource_id) if resource_type == "Patient" else resource_id
 
     def looked_up(self, items, key_of: Callable, chars_of: Callable):
         """`items` in order. For an incremental source they are taken a block at a time (`LOOKUP_BLOCK` items
@@ -243,7 +242,7 @@ class _Stager:
 
     # -- staging ---------------------------------------------------------------------------------------
     def stage(self, resource: dict, owner_key: str | None) -> None:
-        key = self.staging_key(resource)
+        key = self.staging_key(resource["resourceType"], resource["id"])
         digest = self.digest(resource)
         self._stage(key, _last_updated(resource), digest,
                     lambda: self._row(key, resource.get("meta") or {}, owner_key, digest.hex(),
@@ -301,7 +300,7 @@ class _Stager:
     def remove_deleted(self, deleted: list[tuple[str, str]]) -> None:
         """Deletions the source reported (e.g. Bulk Data `deleted`), by FHIR type and id."""
         self.flush()
-        asked = sorted({(t, self.pseudo.patient(i) if t == "Patient" else i) for t, i in deleted})
+        asked = sorted({self.staging_key(t, i) for t, i in deleted})
         for start in range(0, len(asked), LOOKUP_BLOCK):
             self.prefetch(asked[start:start + LOOKUP_BLOCK])
             keys = [key for key in asked[start:start + LOOKUP_BLOCK] if self._is_unseen(key)]
@@ -401,7 +400,7 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: 
         # Pass 2: everything else, streamed.
         parsed_records = parse_records(source.records(exclude=FIRST_PASS), validation, workers)
         for record, parsed in stager.looked_up(
-                parsed_records, lambda r: None if isinstance(r[1], Rejected) else stager.staging_key(r[1]),
+                parsed_records, lambda r: None if isinstance(r[1], Rejected) else stager.staging_key(r[1]["resourceType"], r[1]["id"]),
                 lambda r: len(r[0].text)):
             if isinstance(parsed, Rejected):
                 stager.quarantine(record, parsed.reason, parsed.resource_type)
