@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from registry_schema.cdm import CHILD_TABLES
+
 BATCH = 5000
 LOOKUP_CHUNK = 500
 # Rows of one patient, found by person_id.
@@ -17,8 +19,6 @@ PERSON_TABLES = (
     "observation", "note", "observation_period", "episode", "dlm_lesion", "dlm_lesion_assessment",
     "dlm_lesion_handling", "dlm_text_comparison", "dlm_clinical_event",
 )
-# Rows of one patient found through a parent row: table -> (column, parent table, parent id column).
-CHILD_TABLES = {"note_nlp": ("note_id", "note", "note_id"), "episode_event": ("episode_id", "episode", "episode_id")}
 GLOBAL_TABLES = ("source_to_concept_map", "concept", "cdm_source")
 DERIVED_TABLES = ("dlm_lesion_outcome", "dlm_patient_course")  # written by etl.lesions.derive
 REPLACED_TABLES = (

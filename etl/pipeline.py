@@ -17,12 +17,14 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import sqlalchemy as sa
 
 from etl.dashboard import write_dashboard
 from etl.extract import ServerOptions, open_source
 from etl.frames import read_frame
+from etl.incremental_checks import IncrementalChecks, checks_salt, clear_state, write_state
 from etl.lesions.derive import derive
 from etl.load import (backfill_lineage_patients, claimed_elsewhere, delete_all_patients, delete_persons, insert_rows,
                       move_lineage, replace_global_rows, table_counts, write_lineage)
@@ -115,9 +117,10 @@ def stage(registry: Registry, source: str, codes: CodeMap, run_id: str, show_pro
 def load_patients(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, run_id: str,
                   window_months: float, today: dt.date, *, keys: KeyRange = KeyRange(), part: int = 0, parts: int = 1,
                   remap_all: bool = False, batch_size: int = MAP_BATCH_PATIENTS, show_progress=None,
-                  workers: int | None = None) -> dict:
+                  workers: int | None = None, before_replace: Callable[[list[int]], None] | None = None) -> dict:
     """Map, load and derive, in batches of `batch_size` patients, the patients of `keys` whose digest changed
-    (etl.transform.patients), and delete the rows of patients no longer staged. Runs in the caller's
+    (etl.transform.patients), and delete the rows of patients no longer staged. An incremental load calls
+    `before_replace` with the person ids whose rows it is about to delete or replace. Runs in the caller's
     transaction; memory is bounded by the batch, not by the registry. While one batch is mapped, `workers`
     processes read the report texts of the next (etl.nlp.reader; default `DLMREG_WORKERS`, else one per CPU).
 
@@ -143,10 +146,12 @@ def load_patients(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeM
         mode = "incremental"
         todo = sorted(k for k, digest in staged.items() if remap_all or k not in stored or stored[k].digest != digest)
         removed = sorted(set(stored) - set(staged))
+        replaced = [stored[k].person_id for k in (*todo, *removed) if k in stored and stored[k].person_id is not None]
+        if before_replace is not None:
+            before_replace(replaced)
         # every changed patient's rows go before any batch is written: a resource that moved between two
         # changed patients keeps its id, so its old row must be gone first
-        delete_persons(conn, tables, [stored[k].person_id for k in (*todo, *removed)
-                                      if k in stored and stored[k].person_id is not None])
+        delete_persons(conn, tables, replaced)
         delete_digests(conn, tables, removed)
     log.info("map: %s, %d of %d patients to map, %d removed", mode, len(todo), len(staged), len(removed))
     ids = IdAssigner(conn, lineage, offset=part, stride=parts)
@@ -203,10 +208,9 @@ def _lesion_groups(conn: sa.Connection, tables: dict[str, sa.Table]) -> dict[str
 
 
 def _audit(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, source: str, today: dt.date,
-           data_docs_dir: Path | None, registry: Registry) -> dict:
-    """Replace the global tables, count, and run the checks on the state `conn` sees."""
-    from etl.quality import run_checks
-
+           data_docs_dir: Path | None, registry: Registry, run_id: str, checks: IncrementalChecks | None = None) -> dict:
+    """Replace the global tables, count, and run the checks on the state `conn` sees (on the changed persons
+    only where `checks` counted them before the load: etl.incremental_checks); store their counts."""
     rows, warnings = _global_rows(codes, source, today)
     replace_global_rows(conn, tables, rows)
     # Indexes after the bulk load (the OHDSI order) but before the audit: its per-person checks look rows up
@@ -217,10 +221,12 @@ def _audit(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, sou
     counts = table_counts(conn, tables)
     groups = _lesion_groups(conn, tables)
     log.info("quality checks")
-    checks = run_checks(conn, tables, today, data_docs_dir)
+    checks = checks or IncrementalChecks(conn, tables, today, checks_salt(rows))
+    results, scope = checks.run(run_id, data_docs_dir)
+    write_state(conn, tables, run_id, results, checks.salt)
     flow = lesion_flow(read_lesions(conn, registry.schemas.dlm))
     return {"rows": counts, "lesion_groups": groups, "warnings": dict(sorted({**notes.warnings, **warnings}.items())),
-            "unmapped": notes.unmapped, "checks": checks, "lesion_flow": flow}
+            "unmapped": notes.unmapped, "checks": results, "check_scope": scope, "lesion_flow": flow}
 
 
 def _store_audit(registry: Registry, run_id: str, audited: dict) -> dict:
@@ -228,7 +234,7 @@ def _store_audit(registry: Registry, run_id: str, audited: dict) -> dict:
     from etl.quality import store_results, summary
 
     t = registry.tables
-    quality = summary(audited["checks"])
+    quality = {**summary(audited["checks"]), "scope": audited["check_scope"]}
     unmapped = [{"run_id": run_id, "source_system": s[:255], "source_code": c[:255], "field": f,
                  "reason": reason, "occurrences": n} for (s, c, f, reason), n in sorted(audited["unmapped"].items())]
     with registry.engine.begin() as conn:
@@ -280,11 +286,13 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
     with registry.engine.connect() as conn:
         transaction = conn.begin()
         try:
+            checks = IncrementalChecks(conn, t, today, checks_salt(_global_rows(codes, source, today)[0]))
             with timed(seconds, "map_load_derive", peaks):
                 mapped = load_patients(conn, t, codes, run_id, window_months, today, remap_all=remap_all,
-                                       batch_size=batch_size, show_progress=show_progress, workers=workers)
+                                       batch_size=batch_size, show_progress=show_progress, workers=workers,
+                                       before_replace=checks.before)
             with timed(seconds, "audit", peaks):
-                audited = _audit(conn, t, codes, source, today, data_docs_dir, registry)
+                audited = _audit(conn, t, codes, source, today, data_docs_dir, registry, run_id, checks)
         except BaseException:
             transaction.rollback()
             raise
@@ -315,6 +323,9 @@ def map_partition(registry: Registry, codes: CodeMap, run_id: str, part: int, pa
     keys = KeyRange.partition(part, parts)
     t = registry.tables
     with registry.engine.begin() as conn:
+        # Short, so that concurrent partitions do not wait on each other: the next audit counts in full.
+        clear_state(conn, t)
+    with registry.engine.begin() as conn:
         has_digests = conn.execute(sa.select(t["dlm_patient_digest"].c.patient_key).limit(1)).first() is not None
         if not has_digests and conn.execute(sa.select(t["person"].c.person_id).limit(1)).first() is not None:
             raise RunFailed("the registry has rows but no patient digests: run one sequential load first")
@@ -328,7 +339,7 @@ def audit_partitions(registry: Registry, codes: CodeMap, run_id: str, source: st
     """After every map_partition of a run: replace the global tables (vocabulary subset, cdm_source) and run
     the quality checks on the registry as committed. Returns what load_and_audit returns (without `map`)."""
     with registry.engine.begin() as conn:
-        audited = _audit(conn, registry.tables, codes, source, today, data_docs_dir, registry)
+        audited = _audit(conn, registry.tables, codes, source, today, data_docs_dir, registry, run_id)
     return _store_audit(registry, run_id, audited)
 
 

@@ -13,6 +13,8 @@ split a key (`Frame.ordered_chunks`). Memory is bounded by the chunk size, not b
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -47,6 +49,12 @@ class Check:
             return ()
         return tuple(self.kwargs.get("column_list") or [self.kwargs["column"]])
 
+    @property
+    def fingerprint(self) -> str:
+        """What decides the check's result on given rows: its frame, expectation, arguments and threshold."""
+        definition = [self.frame, self.field, self.severity, self.threshold_pct, self.expectation, self.kwargs]
+        return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
+
     def columns(self, known: set[str]) -> list[str]:
         """The frame columns the expectation reads (its row condition's columns included)."""
         names = [self.kwargs[k] for k in ("column", "column_A", "column_B") if k in self.kwargs]
@@ -65,7 +73,10 @@ class Frame:
     select of just those that joins only what they need (default: a select from the whole select), and
     `counted_select` their counted rows (default: a GROUP BY of that select). The checks that read only
     `low_cardinality` columns can share one batch, and so can the checks that compare stored columns
-    (`bases`: the stored columns each selected column is computed from; by default itself).
+    (`bases`: the stored columns each selected column is computed from; by default itself). `scoped`, given a
+    select of person ids, returns the frame of just those persons' rows (frames whose rows each belong to
+    one person, so that a check's counts are sums over persons; None otherwise). Such a frame is
+    `few_rows`: a few persons' rows cost less to read once, with every column, than per check group.
     """
     select: sa.Select | Callable[[sa.Connection], "object"]
     prepare: Callable | None = None
@@ -75,6 +86,8 @@ class Frame:
                                                                                  compare=False)
     low_cardinality: frozenset[str] = frozenset()  # selected columns with few distinct values (concept ids)
     bases: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False, compare=False)
+    scoped: Callable[[sa.Select], "Frame"] | None = field(default=None, hash=False, compare=False)
+    few_rows: bool = False  # a frame of some persons' rows: all its checks read its rows together (row_chunks)
 
     def base_columns(self, names: list[str]) -> set[str]:
         """The stored columns `names` (selected or derived) are computed from."""
@@ -138,6 +151,14 @@ class Frame:
                 keys.append(column)
                 values.append(column)
         return sa.select(*values, sa.func.count().label(ROWS)).group_by(*keys)
+
+    def row_chunks(self, conn: sa.Connection, names: list[str], chunk_rows: int) -> Iterator:
+        """The rows of the columns `names` need, as they are (not counted), in chunks of `chunk_rows` rows."""
+        import pandas as pd
+
+        statement = self.columns_select(names).execution_options(stream_results=True, max_row_buffer=chunk_rows)
+        for data in pd.read_sql(statement, conn, chunksize=chunk_rows):
+            yield self.prepare(data) if self.prepare else data
 
     def ordered_chunks(self, conn: sa.Connection, names: list[str], key: tuple[str, ...], chunk_rows: int) -> Iterator:
         """The rows of the columns `names` need, ordered by `key`, in chunks of about `chunk_rows` rows that

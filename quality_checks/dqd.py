@@ -24,6 +24,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from quality_checks.checks import ROWS, Check, Frame
+from registry_schema.cdm import CHILD_TABLES
 
 SPEC = Path(__file__).parent / "spec"
 # DQD executeDqChecks() default tablesToExclude.
@@ -116,8 +117,9 @@ def _structure_frames(tables: dict[str, sa.Table]) -> dict[str, Frame]:
     return {"dqd:cdm_tables": Frame(table_frame), "dqd:cdm_fields": Frame(field_frame)}
 
 
-def _table_frame(tables: dict[str, sa.Table], name: str, rows: list[dict]) -> Frame:
-    """The table, plus one derived column per relational check and the dates the temporal checks need.
+def _table_frame(tables: dict[str, sa.Table], name: str, rows: list[dict], persons: sa.Select | None = None) -> Frame:
+    """The table, plus one derived column per relational check and the dates the temporal checks need;
+    with `persons` (a select of person ids), only those persons' rows.
 
     Each column records the joins and the table columns it needs. A select of a few columns
     (`Frame.narrow`) joins only what they need; a counted select (`Frame.counted_select`) counts the
@@ -191,6 +193,15 @@ def _table_frame(tables: dict[str, sa.Table], name: str, rows: list[dict]) -> Fr
         return sa.select(*[(sa.type_coerce(columns[n][0], sa.String) if n in parsed else columns[n][0]).label(n)
                            for n in names], *extra).select_from(source)
 
+    def scope(statement: sa.Select) -> sa.Select:
+        if persons is None:
+            return statement
+        if name in CHILD_TABLES:
+            column, parent_name, parent_id = CHILD_TABLES[name]
+            parent = tables[parent_name]
+            return statement.where(t.c[column].in_(sa.select(parent.c[parent_id]).where(parent.c.person_id.in_(persons))))
+        return statement.where(t.c.person_id.in_(persons))
+
     bases = {n: column[2] for n, column in build(t.c)[0].items()}
 
     def counted(names: list[str], nullness_only: frozenset[str]) -> sa.Select:
@@ -200,7 +211,7 @@ def _table_frame(tables: dict[str, sa.Table], name: str, rows: list[dict]) -> Fr
                      and all(bases[n] == (b,) and n == b for n in names if b in bases[n])}
         keys = [t.c[b].is_(None) if b in collapsed else t.c[b] for b in needed]
         values = [sa.func.min(t.c[b]).label(b) if b in collapsed else t.c[b] for b in needed]
-        distinct = sa.select(*values, sa.func.count().label(ROWS)).group_by(*keys).subquery("distinct_")
+        distinct = scope(sa.select(*values, sa.func.count().label(ROWS)).group_by(*keys)).subquery("distinct_")
         # Not counted again after the joins: rows that become equal there just stay apart.
         return select(distinct.c, distinct, names, distinct.c[ROWS])
 
@@ -216,8 +227,13 @@ def _table_frame(tables: dict[str, sa.Table], name: str, rows: list[dict]) -> Fr
     parsed = set(dates) | set(HELPER_DATES)
     concepts = {r["cdmFieldName"].lower() for r in rows if r["fkTableName"].strip().lower() == "concept"}
     low = {n for n, b in bases.items() if set(b) <= concepts} | ({"_gender_concept_id"} if "person_id" in t.c else set())
-    return Frame(select(t.c, t, list(bases)), lambda data: _dates(data, dates, within_visit), derived,
-                 lambda names: select(t.c, t, names), counted, frozenset(low), bases)
+    scoped = None
+    if ("person_id" in t.c or name in CHILD_TABLES) and persons is None:
+        def scoped(ids: sa.Select) -> Frame:
+            return _table_frame(tables, name, rows, ids)
+    return Frame(scope(select(t.c, t, list(bases))), lambda data: _dates(data, dates, within_visit), derived,
+                 lambda names: scope(select(t.c, t, names)), counted, frozenset(low), bases, scoped,
+                 few_rows=persons is not None)
 
 
 def _dates(data, dates: list[str], within_visit: list[str]):
@@ -229,9 +245,10 @@ def _dates(data, dates: list[str], within_visit: list[str]):
     for column in [c for c in [*dates, *HELPER_DATES] if c in data]:
         data[column] = pd.to_datetime(data[column], errors="coerce", format="ISO8601")
     if "_birth_datetime" in data:
-        composed = pd.to_datetime(pd.DataFrame({"year": data["_year_of_birth"],
-                                                "month": data["_month_of_birth"].fillna(1),
-                                                "day": data["_day_of_birth"].fillna(1)}), errors="coerce")
+        composed = pd.to_datetime(pd.DataFrame({"year": pd.to_numeric(data["_year_of_birth"]),
+                                                "month": pd.to_numeric(data["_month_of_birth"]).fillna(1),
+                                                "day": pd.to_numeric(data["_day_of_birth"]).fillna(1)}),
+                                  errors="coerce")
         data["_birth_day"] = data["_birth_datetime"].dt.normalize().fillna(composed)
     if "_death_date" in data:
         # Exclusive limit: an event on the 60th day after death, at any time of day, is plausible.

@@ -17,6 +17,9 @@ import sqlalchemy as sa
 SPEC_DIR = Path(__file__).parent / "spec"
 FIELD_SPEC = SPEC_DIR / "OMOP_CDMv5.4_Field_Level.csv"
 TABLE_SPEC = SPEC_DIR / "OMOP_CDMv5.4_Table_Level.csv"
+# Tables without person_id whose rows belong to one person through a parent row (CDM v5.4: a NOTE_NLP row
+# through its NOTE, an EPISODE_EVENT row through its EPISODE): table -> (column, parent table, parent id).
+CHILD_TABLES = {"note_nlp": ("note_id", "note", "note_id"), "episode_event": ("episode_id", "episode", "episode_id")}
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,23 @@ def dlm_tables(metadata: sa.MetaData, schema: str | None = None) -> dict[str, sa
         _col("status", sa.String(8), False, "pass | fail"),
         schema=schema, comment="Result of every quality check of every run (trends over runs).",
     )
+    t["dlm_quality_state"] = sa.Table(
+        "dlm_quality_state", metadata,
+        _col("check_name", sa.String(200), False, primary_key=True),
+        _col("fingerprint", sa.String(64), False, "hash of the check's definition, the check code and the global "
+                                                  "rows (vocabulary subset) it was counted with"),
+        _col("rows_in_domain", sa.BigInteger, False), _col("rows_missing", sa.BigInteger, False),
+        _col("rows_checked", sa.BigInteger, False), _col("rows_violated", sa.BigInteger, False),
+        _col("run_id", sa.String(36), False, comment="the run that counted it"),
+        schema=schema, comment="Each check's counts on the registry as committed, written in the load's "
+                               "transaction: an incremental run re-counts only the changed persons' rows.",
+    )
+    t["dlm_check_scope"] = sa.Table(
+        "dlm_check_scope", metadata,
+        _col("person_id", sa.BigInteger, False, primary_key=True),
+        schema=schema, comment="Work table of an incremental audit (the persons being re-checked); empty "
+                               "outside a run's transaction.",
+    )
     return t
 
 
