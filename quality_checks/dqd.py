@@ -193,14 +193,14 @@ def _table_frame(tables: dict[str, sa.Table], name: str, rows: list[dict], perso
         return sa.select(*[(sa.type_coerce(columns[n][0], sa.String) if n in parsed else columns[n][0]).label(n)
                            for n in names], *extra).select_from(source)
 
-    def scope(statement: sa.Select) -> sa.Select:
-        if persons is None:
-            return statement
-        if name in CHILD_TABLES:
-            column, parent_name, parent_id = CHILD_TABLES[name]
-            parent = tables[parent_name]
-            return statement.where(t.c[column].in_(sa.select(parent.c[parent_id]).where(parent.c.person_id.in_(persons))))
-        return statement.where(t.c.person_id.in_(persons))
+    # The rows of `persons` only: the table joined first to their ids (or their notes' or episodes' ids), so
+    # that the other joins see only those rows (PostgreSQL keeps the written join order of this many joins).
+    owned = t
+    if persons is not None:
+        column, parent_name, parent_id = CHILD_TABLES.get(name, ("person_id", None, None))
+        ids = persons.subquery("scope_") if parent_name is None else sa.select(
+            tables[parent_name].c[parent_id].label("id")).where(tables[parent_name].c.person_id.in_(persons)).subquery("scope_")
+        owned = t.join(ids, t.c[column] == ids.c[0])
 
     bases = {n: column[2] for n, column in build(t.c)[0].items()}
 
@@ -211,7 +211,8 @@ def _table_frame(tables: dict[str, sa.Table], name: str, rows: list[dict], perso
                      and all(bases[n] == (b,) and n == b for n in names if b in bases[n])}
         keys = [t.c[b].is_(None) if b in collapsed else t.c[b] for b in needed]
         values = [sa.func.min(t.c[b]).label(b) if b in collapsed else t.c[b] for b in needed]
-        distinct = scope(sa.select(*values, sa.func.count().label(ROWS)).group_by(*keys)).subquery("distinct_")
+        distinct = (sa.select(*values, sa.func.count().label(ROWS)).select_from(owned).group_by(*keys)
+                    .subquery("distinct_"))
         # Not counted again after the joins: rows that become equal there just stay apart.
         return select(distinct.c, distinct, names, distinct.c[ROWS])
 
@@ -231,8 +232,8 @@ def _table_frame(tables: dict[str, sa.Table], name: str, rows: list[dict], perso
     if ("person_id" in t.c or name in CHILD_TABLES) and persons is None:
         def scoped(ids: sa.Select) -> Frame:
             return _table_frame(tables, name, rows, ids)
-    return Frame(scope(select(t.c, t, list(bases))), lambda data: _dates(data, dates, within_visit), derived,
-                 lambda names: scope(select(t.c, t, names)), counted, frozenset(low), bases, scoped,
+    return Frame(select(t.c, owned, list(bases)), lambda data: _dates(data, dates, within_visit), derived,
+                 lambda names: select(t.c, owned, names), counted, frozenset(low), bases, scoped,
                  few_rows=persons is not None)
 
 
