@@ -25,6 +25,7 @@ ANALYST_DENIED = frozenset({
     "dlm_quarantine",                               # raw input lines (de-identified, but free text)
     "dlm_lineage",                                  # registry id <-> FHIR resource id
     "dlm_patient_digest", "dlm_extract_state",      # ETL bookkeeping
+    "dlm_check_scope",
 })
 DASHBOARD_TABLES = ("dlm_run", "dlm_quality_result", "dlm_unmapped_code")
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
