@@ -6,6 +6,9 @@ counts are sums over persons, so, with C the persons whose rows the run replaces
 
     counts(registry after) = counts(registry before) - counts(C's rows before) + counts(C's rows after)
 
+The last two terms are one validation: C's rows are read before the load deletes them (the columns the
+checks read, kept in a private temporary directory for the length of the transaction, so memory does not
+grow with C) and validated with C's rows after as counted rows that count -1 and +1 (etl.quality).
 `dlm_quality_state` holds each check's counts on the registry as committed, written in the same transaction
 as the rows (etl.pipeline), so it always describes the committed registry. A check is counted this way only
 when its state was counted with the same definition (its fingerprint: the check, the checks' code and the
@@ -13,29 +16,36 @@ global rows its joins read, the vocabulary subset). Every other check (uniquenes
 are not per person, a check that is new or changed, such as a date bound that moves with today) runs on
 the whole registry, as does every check when no state exists, after a full load or a partitioned load
 (which deletes the state), or when more than SCOPE_LIMIT of the persons changed or the registry has fewer
-than SCOPE_MIN_PERSONS (a full audit is then cheaper than two partial ones).
+than SCOPE_MIN_PERSONS (a full audit then costs about what the partial one costs).
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
+import pickle
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import sqlalchemy as sa
 
 import quality_checks
 from etl.quality import CheckResult, Counts, plan, validate
 from quality_checks import Check, Frame
+from quality_checks.checks import ROWS
 
 log = logging.getLogger(__name__)
 SCOPE_LIMIT = 0.2        # share of the registry's persons above which the audit runs in full
-# Below this many persons a full audit costs about what the two counts of the changed persons cost (each
-# runs every scoped check once, ~10 ms of great-expectations time per check however few the rows): with
-# 1% changed, 30 persons took 12 s in full and 14 s scoped, 10,000 persons 26 s in full and 18 s scoped.
-SCOPE_MIN_PERSONS = 2_000
+# Below this many persons a full audit costs about what the count of the changed persons costs (it runs
+# every scoped check once, ~10 ms of great-expectations time per check however few the rows): at 949
+# persons with 1% changed, on PostgreSQL, map and audit took 25.6 s scoped and 28.5 s in full.
+SCOPE_MIN_PERSONS = 500
 SCOPED = "@changed"      # suffix of the frames that hold only the changed persons' rows
 _CHECK_CODE = (Path(quality_checks.__file__).parent, Path(__file__).with_name("quality.py"))
 
@@ -84,48 +94,55 @@ def clear_state(conn: sa.Connection, tables: dict[str, sa.Table]) -> None:
 
 
 class IncrementalChecks:
-    """The checks of one write-audit-publish transaction: `before` counts the changed persons' rows before
-    the load replaces them, `run` counts them after and runs the rest on the whole registry."""
+    """The checks of one write-audit-publish transaction: `before` keeps the changed persons' rows before the
+    load replaces them, `run` counts them with their rows after, in one validation, and runs the rest on
+    the whole registry."""
 
     def __init__(self, conn: sa.Connection, tables: dict[str, sa.Table], today: dt.date, salt: str):
         self.conn, self.tables, self.today, self.salt = conn, tables, today, salt
-        self.before_counts: dict[str, Counts] = {}
+        self.retired: _Retired | None = None
         self.persons_before = 0
-        self.scoped_run = False
 
     def before(self, person_ids: list[int]) -> None:
-        """Count the rows of `person_ids` (the persons whose rows are about to be deleted), with every check
-        the stored state allows to update; does nothing when that is none or too many persons changed."""
+        """Keep the rows of `person_ids` (the persons whose rows are about to be deleted) that the checks the
+        stored state allows to update read; does nothing when that is none or too many persons changed."""
         state = read_state(self.conn, self.tables)
         persons = self.conn.execute(sa.select(sa.func.count()).select_from(self.tables["person"])).scalar_one()
         if not state or persons < SCOPE_MIN_PERSONS or len(person_ids) > SCOPE_LIMIT * persons:
             log.info("audit: in full (%s)", "no stored counts" if not state else "few persons in the registry"
                      if persons < SCOPE_MIN_PERSONS else "many persons changed")
             return
-        self.scoped_run = True
         self.persons_before = len(person_ids)
         checks, frames = plan(self.conn, self.tables, self.today)
-        eligible = [_scoped(c) for c in checks if frames[c.frame].scoped is not None and not c.key
-                    and state.get(c.name, ("",))[0] == _fingerprint(c, self.salt)]
+        eligible: dict[str, list[Check]] = {}
+        for c in checks:
+            if frames[c.frame].scoped is not None and not c.key and _updatable(c, state, self.salt):
+                eligible.setdefault(c.frame, []).append(c)
+        self.retired = _Retired()
         with self._scope(person_ids) as scope:
-            results = validate(self.conn, eligible, _scoped_frames(frames, scope))
-        self.before_counts = {r.check.name: r.counts for r in results}
+            for name, frame_checks in eligible.items():
+                self.retired.keep(self.conn, name, frames[name].scoped(scope), frame_checks)
 
     def run(self, run_id: str, data_docs_dir: Path | None) -> tuple[list[CheckResult], dict]:
         """Every check on the registry as it is now, and how it was counted (`scope`, for results.json)."""
         checks, frames = plan(self.conn, self.tables, self.today)
-        state = read_state(self.conn, self.tables) if self.scoped_run else {}
-        merged = {c.name for c in checks if c.name in self.before_counts
-                  and state.get(c.name, ("",))[0] == _fingerprint(c, self.salt)}
+        retired, self.retired = self.retired, None
+        state = read_state(self.conn, self.tables) if retired else {}
+        merged = {c.name for c in checks if retired and retired.holds(c) and _updatable(c, state, self.salt)}
         digest = self.tables["dlm_patient_digest"]
         changed = [p for p in self.conn.execute(sa.select(digest.c.person_id).where(
             digest.c.run_id == run_id, digest.c.person_id.is_not(None))).scalars()]
-        # the rest of the registry: its counts before, less those of the changed persons' rows before
-        offsets = {name: state[name][1].minus(self.before_counts[name]) for name in merged}
-        with self._scope(changed if merged else []) as scope:
-            planned = [_scoped(c) if c.name in merged else c for c in checks]
-            results = validate(self.conn, planned, {**frames, **_scoped_frames(frames, scope)}, data_docs_dir,
-                               offsets=offsets)
+        # the registry before, to which the changed persons' rows add their counts after less those before
+        offsets = {name: state[name][1] for name in merged}
+        try:
+            with self._scope(changed) if merged else contextlib.nullcontext() as scope:
+                planned = [_scoped(c) if c.name in merged else c for c in checks]
+                frames |= {name + SCOPED: retired.changes(name, frames[name].scoped(scope))
+                           for name in {c.frame for c in checks if c.name in merged}}
+                results = validate(self.conn, planned, frames, data_docs_dir, offsets=offsets)
+        finally:
+            if retired:
+                retired.close()
         results = [dataclasses.replace(r, check=c) for r, c in zip(results, checks)]
         scope_summary = {"mode": "changed persons" if merged else "full", "checks_on_changed_persons": len(merged),
                          "checks_on_whole_registry": len(checks) - len(merged),
@@ -137,12 +154,96 @@ class IncrementalChecks:
         return _Scope(self.conn, self.tables["dlm_check_scope"], person_ids)
 
 
+def _updatable(check: Check, state: dict[str, tuple[str, Counts]], salt: str) -> bool:
+    """Whether the stored counts of `check` were counted with its present definition."""
+    return state.get(check.name, ("",))[0] == _fingerprint(check, salt)
+
+
 def _scoped(check: Check) -> Check:
     return dataclasses.replace(check, frame=check.frame + SCOPED)
 
 
-def _scoped_frames(frames: dict[str, Frame], scope: sa.Select) -> dict[str, Frame]:
-    return {name + SCOPED: frame.scoped(scope) for name, frame in frames.items() if frame.scoped is not None}
+class _Retired:
+    """The changed persons' rows as they were before the load: per frame, the columns its updatable checks
+    read, as the database returned them, in a private temporary directory (deleted by `close`, or when the
+    object is collected), so that memory stays bounded by a chunk whatever the number of persons.
+
+    A row kept and an equal row now (most of a changed person's rows: a patient with one new resource is
+    re-mapped whole) count -1 and +1 whatever the checks find: they cancel out before validation, in memory
+    for frames of up to CANCEL_ROWS kept rows (larger frames are validated with every row)."""
+
+    PART_ROWS = 20_000
+    CANCEL_ROWS = 50_000
+
+    def __init__(self):
+        self._directory = tempfile.TemporaryDirectory(prefix="dlmreg-audit-")
+        self._kept: dict[str, _Kept] = {}
+
+    def keep(self, conn: sa.Connection, name: str, frame: Frame, checks: list[Check]) -> None:
+        names = list(dict.fromkeys(n for c in checks for n in c.columns(frame.known_columns)))
+        path = Path(self._directory.name) / f"{len(self._kept)}.pickle"
+        rows = 0
+        with path.open("wb") as out:
+            for part in frame.raw_rows(conn, names, self.PART_ROWS)[1]:
+                pickle.dump([tuple(row) for row in part], out, protocol=pickle.HIGHEST_PROTOCOL)
+                rows += len(part)
+        self._kept[name] = _Kept(names, {c.name for c in checks}, path, rows)
+
+    def holds(self, check: Check) -> bool:
+        kept = self._kept.get(check.frame)
+        return kept is not None and check.name in kept.checks
+
+    def changes(self, name: str, frame: Frame) -> Frame:
+        """`frame` (the changed persons' rows now) as a frame of changes: these rows less the kept ones."""
+        kept = self._kept[name]
+
+        def chunks(conn: sa.Connection, chunk_rows: int) -> Iterator:
+            import pandas as pd
+
+            columns, now = frame.raw_rows(conn, kept.names, chunk_rows)
+            rows = (_net(kept.rows_from_file(), now) if kept.rows <= self.CANCEL_ROWS else itertools.chain(
+                (row + (-1,) for row in kept.rows_from_file()), (tuple(row) + (1,) for part in now for row in part)))
+            chunk = list(itertools.islice(rows, chunk_rows))
+            while True:  # one chunk, empty if no rows, so that every check has a result
+                data = pd.DataFrame.from_records(chunk, columns=[*columns, ROWS], coerce_float=True)
+                yield frame.prepare(data) if frame.prepare else data
+                chunk = list(itertools.islice(rows, chunk_rows))
+                if not chunk:
+                    return
+
+        return dataclasses.replace(frame, changes=chunks)
+
+    def close(self) -> None:
+        self._directory.cleanup()
+
+
+@dataclasses.dataclass
+class _Kept:
+    names: list[str]     # the frame columns read
+    checks: set[str]     # the checks they were read for
+    path: Path
+    rows: int
+
+    def rows_from_file(self) -> Iterator[tuple]:
+        with self.path.open("rb") as kept:
+            while True:
+                try:
+                    yield from pickle.load(kept)
+                except EOFError:
+                    return
+
+
+def _net(before: Iterator[tuple], now: Iterator[list]) -> Iterator[tuple]:
+    """The rows of `now` and `before` that are not in the other (as many times as they are in excess), with
+    their ROWS: +1 for each row added, minus its excess for each row removed."""
+    removed = collections.Counter(before)
+    for part in now:
+        for row in map(tuple, part):
+            if removed[row] > 0:
+                removed[row] -= 1
+            else:
+                yield row + (1,)
+    yield from (row + (-excess,) for row, excess in removed.items() if excess)
 
 
 class _Scope:

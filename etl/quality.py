@@ -31,9 +31,6 @@ class Counts(NamedTuple):
     in_domain: int
     missing: int
 
-    def minus(self, other: Counts) -> Counts:
-        return Counts(*(a - b for a, b in zip(self, other)))
-
 
 @dataclass
 class CheckResult:
@@ -118,7 +115,8 @@ def validate(conn: sa.Connection, checks: list[Check], frames: dict[str, Frame],
     - ordered batches (uniqueness): the rows in key order, never splitting one key between batches.
     Results are summed over batches, so they are those of one validation of the whole frame. Frames that
     are computed in pandas (`Frame.select` a function) are validated whole; a `few_rows` frame (some
-    persons' rows) is validated in row chunks with all its checks but uniqueness at once.
+    persons' rows) is validated in row chunks with all its checks but uniqueness at once; where it holds
+    `changes`, those are counted batches whose rows count -1 (removed) or +1 (added).
     """
     import great_expectations.expectations as gxe
 
@@ -188,7 +186,11 @@ def _batches(conn: sa.Connection, frame: Frame, checks: list[Check], chunk_value
         # Every check but uniqueness at once, on row chunks (uniqueness needs its key's rows together).
         rowwise = [c for c in checks if not c.key]
         names = list(dict.fromkeys(n for c in rowwise for n in c.columns(known)))
-        yield rowwise, frame.row_chunks(conn, names, max(1, chunk_values // len(frame.sql_columns(names)))), False
+        rows = max(1, chunk_values // len(frame.sql_columns(names)))
+        if frame.changes is not None:  # rows removed and added, each counting -1 or +1
+            yield rowwise, frame.changes(conn, rows), True
+        else:
+            yield rowwise, frame.row_chunks(conn, names, rows), False
         checks = [c for c in checks if c.key]
     shared = [c for c in checks if not c.key and set(frame.sql_columns(c.columns(known))) <= frame.low_cardinality]
     if len(shared) > 1:

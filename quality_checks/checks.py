@@ -88,6 +88,9 @@ class Frame:
     bases: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False, compare=False)
     scoped: Callable[[sa.Select], "Frame"] | None = field(default=None, hash=False, compare=False)
     few_rows: bool = False  # a frame of some persons' rows: all its checks read its rows together (row_chunks)
+    # A few_rows frame of changes: given the connection and a chunk size in rows, finished chunks of the
+    # rows removed (ROWS -1) and the rows added (ROWS +1), in place of row_chunks (etl.incremental_checks).
+    changes: Callable[[sa.Connection, int], Iterator] | None = field(default=None, hash=False, compare=False)
 
     def base_columns(self, names: list[str]) -> set[str]:
         """The stored columns `names` (selected or derived) are computed from."""
@@ -159,6 +162,12 @@ class Frame:
         statement = self.columns_select(names).execution_options(stream_results=True, max_row_buffer=chunk_rows)
         for data in pd.read_sql(statement, conn, chunksize=chunk_rows):
             yield self.prepare(data) if self.prepare else data
+
+    def raw_rows(self, conn: sa.Connection, names: list[str], chunk_rows: int) -> tuple[list[str], Iterator[list]]:
+        """The selected columns `names` need, and their rows as the database returns them (not finished by
+        the pandas step), in lists of at most `chunk_rows` rows."""
+        result = conn.execute(self.columns_select(names).execution_options(yield_per=chunk_rows))
+        return list(result.keys()), (list(part) for part in result.partitions())
 
     def ordered_chunks(self, conn: sa.Connection, names: list[str], key: tuple[str, ...], chunk_rows: int) -> Iterator:
         """The rows of the columns `names` need, ordered by `key`, in chunks of about `chunk_rows` rows that

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import json
 import shutil
+import tempfile
 
 import sqlalchemy as sa
 
@@ -66,6 +67,9 @@ def test_checks_on_changed_persons_equal_a_full_audit(cohort_factory, tmp_path, 
     edited = tmp_path / "edited"
     _edit(original, edited, ids[:2], ids[2:3])
     url = registry_factory()
+    spill = tmp_path / "spill"  # where the changed persons' rows before the load are kept, during the run
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
 
     first = _run(original, url, tmp_path / "o1")
     assert first["quality"]["scope"]["mode"] == "full"
@@ -76,6 +80,7 @@ def test_checks_on_changed_persons_equal_a_full_audit(cohort_factory, tmp_path, 
     assert scope["mode"] == "changed persons"
     assert scope["persons_rechecked"] == {"before": 3, "after": 2}
     assert scope["checks_on_changed_persons"] > 500 and scope["checks_on_whole_registry"] > 0
+    assert not list(spill.iterdir())
     stored, full = _stored_and_full(url, second["run"]["run_id"])
     assert stored == full
     # The edit moved counts: births after events are violations; the removed patient's rows are gone.
@@ -95,7 +100,10 @@ def _scoped_before(url: str, person_ids: list[int]) -> bool:
         checks = IncrementalChecks(conn, registry.tables, TODAY, checks_salt(_global_rows(load_code_map(), "", TODAY)[0]))
         checks.before(person_ids)
         transaction.rollback()
-    return checks.scoped_run
+    kept = checks.retired is not None
+    if kept:
+        checks.retired.close()
+    return kept
 
 
 def test_audit_runs_in_full_when_the_state_cannot_be_used(cohort_factory, tmp_path, monkeypatch):
@@ -112,8 +120,11 @@ def test_audit_runs_in_full_when_the_state_cannot_be_used(cohort_factory, tmp_pa
 
     edited = tmp_path / "edited"
     _edit(original, edited, ids[:2], ids[2:3])
-    scoped = _run(edited, url, tmp_path / "o2")["quality"]["scope"]
-    assert scoped["mode"] == "changed persons"
+    monkeypatch.setattr(etl.incremental_checks._Retired, "CANCEL_ROWS", 0)  # every row validated, none cancelled
+    scoped = _run(edited, url, tmp_path / "o2")
+    assert scoped["quality"]["scope"]["mode"] == "changed persons"
+    stored, full = _stored_and_full(url, scoped["run"]["run_id"])
+    assert stored == full
 
     import quality_checks.dqd as dqd
 
@@ -130,7 +141,15 @@ def test_audit_runs_in_full_when_the_state_cannot_be_used(cohort_factory, tmp_pa
     assert stored == full
     changed = [n for n in full if n.startswith("plausibleAfterBirth")]
     assert changed and result["quality"]["scope"]["checks_on_whole_registry"] == \
-        scoped["checks_on_whole_registry"] + len(changed)
+        scoped["quality"]["scope"]["checks_on_whole_registry"] + len(changed)
 
     map_partition(open_registry(url), load_code_map(), "part", 0, 2, 24.0, TODAY)
     assert not _scoped_before(url, [1])                 # a partitioned load leaves no state
+
+
+def test_rows_kept_and_rows_now_cancel_out():
+    """Equal rows before and after count nothing; the excess of either side counts -1 or +1 per row."""
+    before = iter([(1, "a"), (1, "a"), (2, None), (3, "c")])
+    now = [[(1, "a"), (2, None)], [(4, "d"), (4, "d")]]
+    assert sorted(etl.incremental_checks._net(before, now), key=str) == sorted(
+        [(1, "a", -1), (3, "c", -1), (4, "d", 1), (4, "d", 1)], key=str)
