@@ -161,6 +161,16 @@ def test_no_events_gives_none_hr_and_p():
     assert rfs[REMOVED]["median"] is None and rfs[LEFT]["median"] is None
 
 
+def test_logrank_p_needs_an_event_while_both_arms_are_at_risk():
+    # every event after the other arm's last follow-up: no information, None (lifelines says p = 1)
+    late = survival_by_strategy(_patients([(2, 0, 2, 0), (3, 0, 3, 0)], [(4, 1, 4, 1), (5, 1, 5, 1)]))
+    assert late["relapse_free_survival"][REMOVED]["logrank_p"] is None
+    # an event at the other arm's last time: both still at risk then (durations >= t), so a p
+    tied = survival_by_strategy(_patients([(2, 0, 2, 0), (4, 0, 4, 0)], [(4, 1, 4, 1), (5, 1, 5, 1)]))
+    expected = logrank_test([2, 4], [4, 5], [0, 0], [1, 1]).p_value
+    assert tied["relapse_free_survival"][REMOVED]["logrank_p"] == pytest.approx(expected, rel=1e-12)
+
+
 def test_events_in_one_arm_only_make_hr_not_estimable():
     # all events in the removed arm: the partial likelihood has no finite maximum
     assert not cox_estimable([1, 2, 3, 4], [1, 1, 0, 0], [1, 1, 0, 0])

@@ -168,14 +168,14 @@ def outcomes_at_window(lesions, window_months):
         Outcome per lesion, aligned with ``lesions``.
     """
     def outcome(row):
-        if row["outcome_basis"] != "follow_up" or pd.isna(row["t0_date"]):
-            return row["outcome"]
         return follow_up_outcome(_as_date(row["t0_date"]), _as_date(row["followup_regrowth_date"]),
                                  _as_date(row["last_followup_date"]), window_months)[0]
 
-    if lesions.empty:
-        return lesions["outcome"].copy()
-    return lesions.apply(outcome, axis=1)
+    outcomes = lesions["outcome"].astype(object)
+    judged = (lesions["outcome_basis"] == "follow_up") & lesions["t0_date"].notna()
+    if judged.any():
+        outcomes[judged] = lesions[judged].apply(outcome, axis=1)
+    return outcomes
 
 
 def npv_sensitivity(lesions, windows=SENSITIVITY_WINDOWS):

@@ -64,11 +64,9 @@ def logrank_p(data):
 
     treated = data[data["arm"] == TREATED_ARM]
     reference = data[data["arm"] == REFERENCE_ARM]
-    both_at_risk = [
-        (treated["duration"] >= t).any() and (reference["duration"] >= t).any()
-        for t in data.loc[data["event"] == 1, "duration"]
-    ]
-    if not any(both_at_risk):
+    # Both arms are at risk at t while t is at most each arm's longest duration (NaN: an empty arm).
+    both_at_risk_until = min(treated["duration"].max(), reference["duration"].max())
+    if not (data.loc[data["event"] == 1, "duration"] <= both_at_risk_until).any():
         return None
     result = logrank_test(
         treated["duration"], reference["duration"], treated["event"], reference["event"]
