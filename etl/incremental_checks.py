@@ -12,11 +12,13 @@ grow with C) and validated with C's rows after as counted rows that count -1 and
 `dlm_quality_state` holds each check's counts on the registry as committed, written in the same transaction
 as the rows (etl.pipeline), so it always describes the committed registry. A check is counted this way only
 when its state was counted with the same definition (its fingerprint: the check, the checks' code and the
-global rows its joins read, the vocabulary subset). Every other check (uniqueness, checks on frames that
-are not per person, a check that is new or changed, such as a date bound that moves with today) runs on
-the whole registry, as does every check when no state exists, after a full load or a partitioned load
-(which deletes the state), or when more than SCOPE_LIMIT of the persons changed or the registry has fewer
-than SCOPE_MIN_PERSONS (a full audit then costs about what the partial one costs).
+global rows its joins read, the vocabulary subset). A uniqueness check of one column is updated from the
+rows that share a value with the changed persons' rows (_Retired.key_frames). Every other check
+(uniqueness of several columns, checks on frames that are not per person, a check that is new or
+changed, such as a date bound that moves with today) runs on the whole registry, as does every check when
+no state exists, after a full load or a partitioned load (which deletes the state), or when more than
+SCOPE_LIMIT of the persons changed or the registry has fewer than SCOPE_MIN_PERSONS (a full audit then
+costs about what the partial one costs).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from typing import Iterator
 import sqlalchemy as sa
 
 import quality_checks
+from etl.load import LOOKUP_CHUNK
 from etl.quality import CheckResult, Counts, plan, validate
 from quality_checks import Check, Frame
 from quality_checks.checks import ROWS
@@ -116,12 +119,14 @@ class IncrementalChecks:
         checks, frames = plan(self.conn, self.tables, self.today)
         eligible: dict[str, list[Check]] = {}
         for c in checks:
-            if frames[c.frame].scoped is not None and not c.key and _updatable(c, state, self.salt):
-                eligible.setdefault(c.frame, []).append(c)
+            if frames[c.frame].scoped is not None and (not c.key or _one_column_key(c)) and _updatable(
+                    c, state, self.salt):
+                eligible.setdefault(_kept_as(c), []).append(c)
         self.retired = _Retired()
         with self._scope(person_ids) as scope:
-            for name, frame_checks in eligible.items():
-                self.retired.keep(self.conn, name, frames[name].scoped(scope), frame_checks)
+            for label, label_checks in eligible.items():
+                frame = frames[label_checks[0].frame]
+                self.retired.keep(self.conn, label, frame.scoped(scope), label_checks)
 
     def run(self, run_id: str, data_docs_dir: Path | None) -> tuple[list[CheckResult], dict]:
         """Every check on the registry as it is now, and how it was counted (`scope`, for results.json)."""
@@ -138,7 +143,12 @@ class IncrementalChecks:
             with self._scope(changed) if merged else contextlib.nullcontext() as scope:
                 planned = [_scoped(c) if c.name in merged else c for c in checks]
                 frames |= {name + SCOPED: retired.changes(name, frames[name].scoped(scope))
-                           for name in {c.frame for c in checks if c.name in merged}}
+                           for name in {c.frame for c in checks if c.name in merged and not c.key}}
+                for check in (c for c in planned if c.key and c.name in merged):
+                    earlier, now = retired.key_frames(self.conn, check, frames[_unscoped(check.frame)], scope)
+                    frames[check.frame] = now
+                    counted = validate(self.conn, [check], {check.frame: earlier})[0]
+                    offsets[check.name] = offsets[check.name].minus(counted.counts)
                 results = validate(self.conn, planned, frames, data_docs_dir, offsets=offsets)
         finally:
             if retired:
@@ -159,8 +169,23 @@ def _updatable(check: Check, state: dict[str, tuple[str, Counts]], salt: str) ->
     return state.get(check.name, ("",))[0] == _fingerprint(check, salt)
 
 
+def _one_column_key(check: Check) -> bool:
+    """A uniqueness check of one column on every row: its counts can be updated from the rows that share a
+    value with the changed persons' rows (_Retired.key_frames)."""
+    return check.expectation == "ExpectColumnValuesToBeUnique" and not check.kwargs.get("row_condition")
+
+
+def _kept_as(check: Check) -> str:
+    """Under which name `_Retired` keeps the rows a check reads: its frame's, or its own for uniqueness."""
+    return f"{check.frame}{SCOPED}{check.name}" if check.key else check.frame
+
+
 def _scoped(check: Check) -> Check:
-    return dataclasses.replace(check, frame=check.frame + SCOPED)
+    return dataclasses.replace(check, frame=_kept_as(check) if check.key else check.frame + SCOPED)
+
+
+def _unscoped(frame: str) -> str:
+    return frame.split(SCOPED, 1)[0]
 
 
 class _Retired:
@@ -190,8 +215,35 @@ class _Retired:
         self._kept[name] = _Kept(names, {c.name for c in checks}, path, rows)
 
     def holds(self, check: Check) -> bool:
-        kept = self._kept.get(check.frame)
+        kept = self._kept.get(_kept_as(check))
         return kept is not None and check.name in kept.checks
+
+    def key_frames(self, conn: sa.Connection, check: Check, frame: Frame, scope: sa.Select) -> tuple[Frame, Frame]:
+        """For a uniqueness check of one column (kept under check.frame): the key values of the rows that
+        can have changed its counts, before and after the load, as two frames. Those rows are the changed
+        persons' rows, and every row sharing a value with them; rows with other values kept their counts.
+        Before the load, the rows of a value were those of the registry now, less the changed persons'
+        rows now, plus theirs before (those are kept)."""
+        import pandas as pd
+
+        (key,) = check.key
+        before = collections.Counter(row[0] for row in self._kept[check.frame].rows_from_file())
+        after = collections.Counter(row[0] for part in frame.scoped(scope).raw_rows(conn, [key], self.PART_ROWS)[1]
+                                    for row in part)
+        values = sorted((set(before) | set(after)) - {None})
+        select = frame.columns_select([key])
+        column = select.selected_columns[key]
+        registry: collections.Counter = collections.Counter()
+        for start in range(0, len(values), LOOKUP_CHUNK):
+            registry.update(conn.execute(select.where(column.in_(values[start:start + LOOKUP_CHUNK]))).scalars())
+        earlier = {v: registry[v] - after[v] + before[v] for v in values}
+
+        def frame_of(counts: dict, missing: int) -> Frame:
+            rows = [v for v, n in counts.items() for _ in range(n)] + [None] * missing
+            data = pd.DataFrame({key: pd.Series(rows, dtype=object)})
+            return Frame(lambda _conn: data.infer_objects())
+
+        return frame_of(earlier, before[None]), frame_of({v: registry[v] for v in values}, after[None])
 
     def changes(self, name: str, frame: Frame) -> Frame:
         """`frame` (the changed persons' rows now) as a frame of changes: these rows less the kept ones."""

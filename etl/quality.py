@@ -31,6 +31,9 @@ class Counts(NamedTuple):
     in_domain: int
     missing: int
 
+    def minus(self, other: Counts) -> Counts:
+        return Counts(*(a - b for a, b in zip(self, other)))
+
 
 @dataclass
 class CheckResult:

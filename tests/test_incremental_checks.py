@@ -17,6 +17,7 @@ from etl.pipeline import RunSettings, _global_rows, map_partition, run
 from etl.quality import run_checks
 from etl.registry import open_registry
 from etl.vocabulary import load_code_map
+from quality_checks import Check, Frame
 
 TODAY = dt.date(2026, 11, 25)
 
@@ -153,3 +154,34 @@ def test_rows_kept_and_rows_now_cancel_out():
     now = [[(1, "a"), (2, None)], [(4, "d"), (4, "d")]]
     assert sorted(etl.incremental_checks._net(before, now), key=str) == sorted(
         [(1, "a", -1), (3, "c", -1), (4, "d", 1), (4, "d", 1)], key=str)
+
+
+def test_uniqueness_counts_come_from_the_values_the_changed_persons_share():
+    """Key values before and after for a uniqueness check: the changed person's rows and every row sharing
+    a value with them (here person 2's), as the registry had them and has them; person 3's are untouched."""
+    engine = sa.create_engine("sqlite://")
+    meta = sa.MetaData()
+    rows = sa.Table("t", meta, sa.Column("id", sa.Integer), sa.Column("person_id", sa.Integer))
+    scope = sa.Table("scope", meta, sa.Column("person_id", sa.Integer))
+    meta.create_all(engine)
+
+    def scoped(ids):
+        return Frame(sa.select(rows.c.id, rows.c.person_id).where(rows.c.person_id.in_(ids)), few_rows=True)
+
+    frame = Frame(sa.select(rows.c.id, rows.c.person_id), scoped=scoped)
+    check = Check("isPrimaryKey:t.id", "isPrimaryKey", "t", "id", "critical", 0.0, "ExpectColumnValuesToBeUnique",
+                  {"column": "id"})
+    kept = etl.incremental_checks._Retired()
+    with engine.begin() as conn:
+        conn.execute(scope.insert(), [{"person_id": 1}])
+        conn.execute(rows.insert(), [{"id": i, "person_id": p} for i, p in
+                                     [(1, 1), (2, 1), (None, 1), (2, 2), (5, 3), (7, 3), (7, 3)]])
+        kept.keep(conn, "t@changed" + check.name, scoped(sa.select(scope.c.person_id)), [check])
+        conn.execute(rows.delete().where(rows.c.person_id == 1))
+        conn.execute(rows.insert(), [{"id": i, "person_id": 1} for i in (2, 3, 3)])
+        planned = etl.incremental_checks._scoped(check)
+        earlier, now = kept.key_frames(conn, planned, frame, sa.select(scope.c.person_id))
+        values = [sorted(f.read(conn)["id"].tolist(), key=str) for f in (earlier, now)]
+    kept.close()
+    assert values[0][:3] == [1, 2, 2] and len(values[0]) == 4 and values[0][3] != values[0][3]  # NaN: missing
+    assert values[1] == [2, 2, 3, 3]
