@@ -190,8 +190,9 @@ def _unscoped(frame: str) -> str:
 
 class _Retired:
     """The changed persons' rows as they were before the load: per frame, the columns its updatable checks
-    read, as the database returned them, in a private temporary directory (deleted by `close`, or when the
-    object is collected), so that memory stays bounded by a chunk whatever the number of persons.
+    read (per uniqueness check, its key column), as the database returned them, in a private temporary
+    directory (deleted by `close`, or when the object is collected), so that memory stays bounded by a
+    chunk whatever the number of persons.
 
     A row kept and an equal row now (most of a changed person's rows: a patient with one new resource is
     re-mapped whole) count -1 and +1 whatever the checks find: they cancel out before validation, in memory
@@ -223,7 +224,8 @@ class _Retired:
         can have changed its counts, before and after the load, as two frames. Those rows are the changed
         persons' rows, and every row sharing a value with them; rows with other values kept their counts.
         Before the load, the rows of a value were those of the registry now, less the changed persons'
-        rows now, plus theirs before (those are kept)."""
+        rows now, plus theirs before (those are kept). The values are counted in memory: one integer or so
+        per changed person's row of the table (at most SCOPE_LIMIT of the persons)."""
         import pandas as pd
 
         (key,) = check.key
