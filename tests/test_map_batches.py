@@ -250,3 +250,30 @@ def test_partitions_loaded_concurrently_equal_a_sequential_load(cohort_factory, 
     assert sum(p["removed"] for p in parts) == 1 and sum(p["mapped"] for p in parts) == 0
     _load(sequential, changed)
     assert_same_registry(pg_url, sequential)
+
+
+def test_staged_digest_is_rule_pd1_hand_computed(registry_url):
+    """Rule PD1: a patient's digest is sha256 of `salt:count:sum` (the sum of its resources' hashes as
+    256-bit integers, modulo 2**256, in 64 hex digits), whatever order the rows come in; a patient-less
+    resource has none, and a key range limits the patients."""
+    import hashlib
+
+    from etl.transform.patients import staged_digests
+
+    registry = open_registry(registry_url)
+    staging = registry.tables["fhir_resource"]
+    high = "f" * 64  # two of these overflow 2**256
+    rows = [("Observation", "o1", "aa", high), ("Observation", "o2", "aa", high), ("Patient", "p1", "aa", "0" * 63 + "5"),
+            ("Patient", "p2", "bb", "1" * 64), ("Organization", "x", None, "2" * 64)]
+    with registry.engine.begin() as conn:
+        conn.execute(staging.delete())
+        conn.execute(staging.insert(), [{"resource_type": t, "resource_id": i, "patient_key": k, "sha256": h,
+                                         "resource_json": "{}"} for t, i, k, h in rows])
+        digests = staged_digests(conn, registry.tables, "salt")
+        only_b = staged_digests(conn, registry.tables, "salt", KeyRange("b", None))
+        conn.execute(staging.delete())
+    expected_total = (2 * (2**256 - 1) + 5) % 2**256
+    assert digests == {
+        "aa": hashlib.sha256(f"salt:3:{expected_total:064x}".encode()).hexdigest(),
+        "bb": hashlib.sha256(f"salt:1:{'1' * 64}".encode()).hexdigest()}
+    assert only_b == {"bb": digests["bb"]}
