@@ -119,7 +119,7 @@ def validate(conn: sa.Connection, checks: list[Check], frames: dict[str, Frame],
     Results are summed over batches, so they are those of one validation of the whole frame. Frames that
     are computed in pandas (`Frame.select` a function) are validated whole; a `few_rows` frame (some
     persons' rows) is validated in row chunks with all its checks but uniqueness at once; where it holds
-    `changes`, those are counted batches whose rows count -1 (removed) or +1 (added).
+    `changes`, those are counted batches whose rows removed count negative, rows added positive.
     """
     import great_expectations.expectations as gxe
 
@@ -190,7 +190,7 @@ def _batches(conn: sa.Connection, frame: Frame, checks: list[Check], chunk_value
         rowwise = [c for c in checks if not c.key]
         names = list(dict.fromkeys(n for c in rowwise for n in c.columns(known)))
         rows = max(1, chunk_values // len(frame.sql_columns(names)))
-        if frame.changes is not None:  # rows removed and added, each counting -1 or +1
+        if frame.changes is not None:  # rows removed and added: negative and positive ROWS
             yield rowwise, frame.changes(conn, rows), True
         else:
             yield rowwise, frame.row_chunks(conn, names, rows), False

@@ -89,7 +89,8 @@ class Frame:
     scoped: Callable[[sa.Select], "Frame"] | None = field(default=None, hash=False, compare=False)
     few_rows: bool = False  # a frame of some persons' rows: all its checks read its rows together (row_chunks)
     # A few_rows frame of changes: given the connection and a chunk size in rows, finished chunks of the
-    # rows removed (ROWS -1) and the rows added (ROWS +1), in place of row_chunks (etl.incremental_checks).
+    # rows removed (negative ROWS) and the rows added (positive), in place of row_chunks
+    # (etl.incremental_checks).
     changes: Callable[[sa.Connection, int], Iterator] | None = field(default=None, hash=False, compare=False)
 
     def base_columns(self, names: list[str]) -> set[str]:
