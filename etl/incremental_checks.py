@@ -121,7 +121,7 @@ class IncrementalChecks:
         for c in checks:
             if frames[c.frame].scoped is not None and (not c.key or _one_column_key(c)) and _updatable(
                     c, state, self.salt):
-                eligible.setdefault(_kept_as(c), []).append(c)
+                eligible.setdefault(_scoped_frame(c), []).append(c)
         self.retired = _Retired()
         with self._scope(person_ids) as scope:
             for label, label_checks in eligible.items():
@@ -142,13 +142,15 @@ class IncrementalChecks:
         try:
             with self._scope(changed) if merged else contextlib.nullcontext() as scope:
                 planned = [_scoped(c) if c.name in merged else c for c in checks]
-                frames |= {name + SCOPED: retired.changes(name, frames[name].scoped(scope))
-                           for name in {c.frame for c in checks if c.name in merged and not c.key}}
-                for check in (c for c in planned if c.key and c.name in merged):
-                    earlier, now = retired.key_frames(self.conn, check, frames[_unscoped(check.frame)], scope)
-                    frames[check.frame] = now
-                    counted = validate(self.conn, [check], {check.frame: earlier})[0]
-                    offsets[check.name] = offsets[check.name].minus(counted.counts)
+                frames |= {name: retired.changes(name, frames[_unscoped(name)].scoped(scope))
+                           for name in {c.frame for c in planned if c.name in merged and not c.key}}
+                unique = [c for c in planned if c.key and c.name in merged]
+                earlier = {}
+                for check in unique:
+                    earlier[check.frame], frames[check.frame] = retired.key_frames(
+                        self.conn, check, frames[_unscoped(check.frame)], scope)
+                for counted in validate(self.conn, unique, earlier) if unique else []:
+                    offsets[counted.check.name] = offsets[counted.check.name].minus(counted.counts)
                 results = validate(self.conn, planned, frames, data_docs_dir, offsets=offsets)
         finally:
             if retired:
@@ -175,13 +177,14 @@ def _one_column_key(check: Check) -> bool:
     return check.expectation == "ExpectColumnValuesToBeUnique" and not check.kwargs.get("row_condition")
 
 
-def _kept_as(check: Check) -> str:
-    """Under which name `_Retired` keeps the rows a check reads: its frame's, or its own for uniqueness."""
-    return f"{check.frame}{SCOPED}{check.name}" if check.key else check.frame
+def _scoped_frame(check: Check) -> str:
+    """The frame a check runs on when counted on the changed persons (its frame's, or for uniqueness its
+    own), under which `_Retired` keeps the rows it reads."""
+    return f"{check.frame}{SCOPED}{check.name if check.key else ''}"
 
 
 def _scoped(check: Check) -> Check:
-    return dataclasses.replace(check, frame=_kept_as(check) if check.key else check.frame + SCOPED)
+    return dataclasses.replace(check, frame=_scoped_frame(check))
 
 
 def _unscoped(frame: str) -> str:
@@ -216,11 +219,11 @@ class _Retired:
         self._kept[name] = _Kept(names, {c.name for c in checks}, path, rows)
 
     def holds(self, check: Check) -> bool:
-        kept = self._kept.get(_kept_as(check))
+        kept = self._kept.get(_scoped_frame(check))
         return kept is not None and check.name in kept.checks
 
     def key_frames(self, conn: sa.Connection, check: Check, frame: Frame, scope: sa.Select) -> tuple[Frame, Frame]:
-        """For a uniqueness check of one column (kept under check.frame): the key values of the rows that
+        """For a uniqueness check of one column (scoped: kept under check.frame): the key values of the rows that
         can have changed its counts, before and after the load, as two frames. Those rows are the changed
         persons' rows, and every row sharing a value with them; rows with other values kept their counts.
         Before the load, the rows of a value were those of the registry now, less the changed persons'

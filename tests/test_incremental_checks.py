@@ -176,10 +176,10 @@ def test_uniqueness_counts_come_from_the_values_the_changed_persons_share():
         conn.execute(scope.insert(), [{"person_id": 1}])
         conn.execute(rows.insert(), [{"id": i, "person_id": p} for i, p in
                                      [(1, 1), (2, 1), (None, 1), (2, 2), (5, 3), (7, 3), (7, 3)]])
-        kept.keep(conn, "t@changed" + check.name, scoped(sa.select(scope.c.person_id)), [check])
+        planned = etl.incremental_checks._scoped(check)
+        kept.keep(conn, planned.frame, scoped(sa.select(scope.c.person_id)), [check])
         conn.execute(rows.delete().where(rows.c.person_id == 1))
         conn.execute(rows.insert(), [{"id": i, "person_id": 1} for i in (2, 3, 3)])
-        planned = etl.incremental_checks._scoped(check)
         earlier, now = kept.key_frames(conn, planned, frame, sa.select(scope.c.person_id))
         values = [sorted(f.read(conn)["id"].tolist(), key=str) for f in (earlier, now)]
     kept.close()
