@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import resource
+import shutil
 import tempfile
 import time
 import uuid
@@ -50,6 +52,20 @@ UNMAPPED_COLUMNS = ["source_system", "source_code", "field", "reason", "occurren
 
 
 DATA_DOCS = "data_docs"  # great-expectations Data Docs of the run's checks, under OUT
+
+
+def data_docs_for_run(out_dir: str | Path | None) -> Path | None:
+    """Where a run builds its Data Docs: OUT/data_docs, or nowhere without an OUT or with
+    `DLMREG_DATA_DOCS=off` (building them takes seconds per run; many runs need no HTML copy of the
+    results stored in dlm_quality_result). When off, an earlier run's docs are removed, so that the
+    dashboard never links to another run's."""
+    if out_dir is None:
+        return None
+    directory = Path(out_dir) / DATA_DOCS
+    if os.environ.get("DLMREG_DATA_DOCS", "on").lower() == "off":
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+    return directory
 
 
 class RunFailed(Exception):
@@ -465,7 +481,7 @@ def _run(settings: RunSettings, source: str, source_label: str) -> dict:
                                         settings.workers))
         log.info("map/load/derive")
         mapped = load_and_audit(registry, codes, run_id, source_label, settings.followup_window_months,
-                                settings.today, settings.show_progress, settings.out_dir / DATA_DOCS,
+                                settings.today, settings.show_progress, data_docs_for_run(settings.out_dir),
                                 remap_all=settings.remap_all, batch_size=settings.map_batch_patients,
                                 workers=settings.workers)
         results["run"].update(rows=mapped["rows"], warnings=mapped["warnings"],

@@ -73,7 +73,7 @@ def load_audit_task(run_id: str, source: str, registry_url: str, today: str, win
         registry = open_registry(registry_url)
         mapped = pipeline.load_and_audit(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
                                          window_months, dt.date.fromisoformat(today), show_progress=False,
-                                         data_docs_dir=Path(out_dir) / pipeline.DATA_DOCS if out_dir else None)
+                                         data_docs_dir=pipeline.data_docs_for_run(out_dir))
     return _publishable(mapped)
 
 
@@ -115,7 +115,7 @@ def audit_partitions_task(run_id: str, source: str, registry_url: str, today: st
         registry = open_registry(registry_url)
         audited = pipeline.audit_partitions(registry, load_code_map(map(Path, mapping_dirs)), run_id, source,
                                             dt.date.fromisoformat(today),
-                                            data_docs_dir=Path(out_dir) / pipeline.DATA_DOCS if out_dir else None)
+                                            data_docs_dir=pipeline.data_docs_for_run(out_dir))
     total = {k: sum(m[k] for m in mapped) for k in ("patients", "mapped", "removed", "resources")}
     return {**_publishable(audited), "map": {"partitions": len(mapped), **total}}
 

@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPO.parent / "shared" / "reference"
 # Printing report.pdf takes Chromium seconds per run; only the report tests that check the PDF turn it on.
 os.environ.setdefault("DLMREG_REPORT_PDF", "off")
+# Data Docs take seconds per run too: the tests that look at them (dashboard, PHI scan) turn them on.
+os.environ.setdefault("DLMREG_DATA_DOCS", "off")
 # Report texts are read in the test's own process (starting worker processes costs more than the small test
 # cohorts' reading); tests/test_report_reader.py turns the workers on where it tests them.
 os.environ.setdefault("DLMREG_WORKERS", "0")

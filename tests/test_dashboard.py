@@ -13,7 +13,7 @@ import pytest
 from etl import tasks
 from etl.cli import main
 from etl.dashboard import DashboardData, render_dashboard
-from etl.pipeline import RunFailed, RunSettings, run
+from etl.pipeline import RunFailed, RunSettings, data_docs_for_run, run
 from tests.test_quality_dlm_rules import PLANTS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -240,9 +240,10 @@ def test_failed_run_dashboard_names_the_failed_critical_checks(clean, tmp_path, 
 
 
 @needs_chromium
-def test_published_run_dashboard_has_no_critical_failure_and_the_published_flow(clean, tmp_path):
+def test_published_run_dashboard_has_no_critical_failure_and_the_published_flow(clean, tmp_path, monkeypatch):
     """A clean cohort: published, no critical failure, and the page lists exactly the warnings results.json
-    names (the synthetic cohort has some MRIs without the DREAM protocol: DLM6)."""
+    names (the synthetic cohort has some MRIs without the DREAM protocol: DLM6), and links the run's Data Docs."""
+    monkeypatch.setenv("DLMREG_DATA_DOCS", "on")
     out = tmp_path / "out"
     results = run(RunSettings(source=str(clean), registry_url=f"sqlite:///{tmp_path / 'r.sqlite'}", out_dir=out,
                               show_progress=False))
@@ -257,6 +258,20 @@ def test_published_run_dashboard_has_no_critical_failure_and_the_published_flow(
         [str(quality["checks"]), str(quality["passed"]), "0", str(quality["failed_warning"]), "yes"]]
     assert _flow_boxes(dom) == json.loads((out / "results.json").read_text())["lesion_flow"]
     assert "not published" not in dom.lower()
+    assert '<a href="data_docs/index.html">' in dom and (out / "data_docs" / "index.html").exists()
+
+
+def test_data_docs_off_removes_an_earlier_runs_docs(tmp_path, monkeypatch):
+    """With DLMREG_DATA_DOCS=off a run builds no Data Docs, and the dashboard must not link to the docs an
+    earlier run left in the same OUT."""
+    earlier = tmp_path / "data_docs" / "index.html"
+    earlier.parent.mkdir()
+    earlier.write_text("earlier run")
+    monkeypatch.setenv("DLMREG_DATA_DOCS", "on")
+    assert data_docs_for_run(tmp_path) == earlier.parent and earlier.exists()
+    monkeypatch.setenv("DLMREG_DATA_DOCS", "off")
+    assert data_docs_for_run(tmp_path) is None and not earlier.parent.exists()
+    assert data_docs_for_run(None) is None
 
 
 # --- trends, on SQLite and PostgreSQL ------------------------------------------------------------------------

@@ -99,10 +99,11 @@ def test_pull_gives_the_same_registry_as_files(large_cohort, tmp_path, monkeypat
     assert extract["server_messages"] == expected
 
 
-@pytest.mark.parametrize("mode", ["rest", "bulk"])
+@pytest.mark.parametrize("smart_client, mode", [("RS384", "rest"), ("ES384", "bulk")], indirect=["smart_client"])
 def test_pull_survives_a_fault_on_every_fifth_request(cohort, file_registry, tmp_path, smart_client, mode):
     """429 (Retry-After seconds and HTTP-date), 503, dropped connections, truncated and invalid pages and an
-    expired token (the SMART token is refreshed) in rotation on every 5th request."""
+    expired token (the SMART token is refreshed) in rotation on every 5th request. Each extraction mode with
+    one of the key types (test_smart_backend_services runs both)."""
     with FhirTestServer(auth="smart", page_size=100, export_retry_after=0, export_file_size=300) as server:
         server.register_smart_client(*smart_client)
         served = server.load_ndjson_dir(cohort)

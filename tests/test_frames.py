@@ -22,10 +22,16 @@ def fetch_rows(request, monkeypatch):
     return request.param
 
 
-def test_views_read_as_read_sql_reads_them(cohort_factory, tmp_path, registry_url, fetch_rows):
-    run(RunSettings(source=str(cohort_factory(40, 3)), registry_url=registry_url, out_dir=tmp_path / "o",
-                    show_progress=False))
-    registry = open_registry(registry_url)
+@pytest.fixture(scope="module")
+def loaded_registry(cohort_factory, tmp_path_factory, module_registry_url):
+    """A registry of each kind loaded once (the reading, not the load, differs between the tests)."""
+    run(RunSettings(source=str(cohort_factory(40, 3)), registry_url=module_registry_url,
+                    out_dir=tmp_path_factory.mktemp("o"), show_progress=False))
+    return open_registry(module_registry_url)
+
+
+def test_views_read_as_read_sql_reads_them(loaded_registry, fetch_rows):
+    registry = loaded_registry
     for view, order in (("dlm_lesion_v", ("person_id", "lesion_id")), ("dlm_patient_survival_v", ("person_id",))):
         query = (sa.select(sa.text("*")).select_from(sa.table(view, schema=registry.schemas.dlm))
                  .order_by(*map(sa.column, order)))

@@ -8,6 +8,7 @@ import random
 import shutil
 
 import pytest
+import sqlalchemy as sa
 
 from etl.pipeline import RunSettings, load_and_audit, run
 from tests.registry_compare import assert_same_registry
@@ -107,23 +108,9 @@ class _ChangesOnly:
         return self._files.records(types, exclude)
 
 
-@pytest.mark.parametrize("lazy_lookups, block, block_chars", [(None, None, None), (None, 3, None), (None, None, 1),
-                                                              (3, None, None)],
-                         ids=["asked-in-blocks", "blocks-of-3", "blocks-of-one-by-size", "switch-to-reading-all"])
-def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp_path, registry_factory,
-                                                              monkeypatch, lazy_lookups, block, block_chars):
-    """Only the changed resources arrive (no patients, no cohort conditions among them) plus a deletion
-    list: staging merges them with what it holds, and the registry equals a fresh load of the final data.
-    Staging is asked for the keys a block of resources brings (the default block, blocks of 3 resources, or
-    of one resource by their characters), or (a low `LAZY_LOOKUPS`) read whole after the first few keys."""
-    import etl.stage
-    from etl.registry import open_registry
-    from etl.stage import stage_source
-    from etl.stage.pseudonym import Pseudonymizer
-    from etl.transform import SUPPORTED_TYPES
-    from etl.vocabulary import load_code_map
-
-    original = cohort_factory(40, 9)
+def _changes_only(original, tmp_path) -> tuple:
+    """The final data of `original` with 1% changed and 1% deleted, as an incremental source sees it: a
+    directory of the changed resources only, and the deletions. Returns (final, changes, deleted, changed)."""
     final = tmp_path / "final"
     change_and_delete(original, final, seed=4, share=0.01)
     before = {json.loads(line)["id"]: line for p in original.glob("*.ndjson") for line in p.read_text().splitlines()}
@@ -141,24 +128,76 @@ def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp
         (changes / name).write_text("\n".join(lines) + "\n")
     deleted = [(json.loads(line)["resourceType"], rid) for rid, line in before.items() if rid not in after]
     assert deleted and changed_lines
+    return final, changes, deleted, sum(map(len, changed_lines.values()))
 
+
+def _stage(url: str, source, run_id: str):
+    from etl.registry import open_registry
+    from etl.stage import stage_source
+    from etl.stage.pseudonym import Pseudonymizer
+    from etl.transform import SUPPORTED_TYPES
+    from etl.vocabulary import load_code_map
+
+    registry = open_registry(url)
+    return stage_source(registry.engine, registry.tables, source, load_code_map(), Pseudonymizer(), run_id,
+                        SUPPORTED_TYPES, show_progress=False)
+
+
+def test_incremental_source_with_deletions_equals_fresh_load(cohort_factory, tmp_path, registry_factory):
+    """Only the changed resources arrive (no patients, no cohort conditions among them) plus a deletion
+    list: staging merges them with what it holds, and the registry equals a fresh load of the final data."""
+    from etl.registry import open_registry
+    from etl.vocabulary import load_code_map
+
+    original = cohort_factory(40, 9)
+    final, changes, deleted, changed = _changes_only(original, tmp_path)
     incremental, fresh = registry_factory(), registry_factory()
     _load(original, incremental, tmp_path / "o1")
-    registry = open_registry(incremental)
-    if lazy_lookups is not None:
-        monkeypatch.setattr(etl.stage, "LAZY_LOOKUPS", lazy_lookups)
-    if block is not None:
-        monkeypatch.setattr(etl.stage, "LOOKUP_BLOCK", block)
-    if block_chars is not None:
-        monkeypatch.setattr(etl.stage, "LOOKUP_BLOCK_CHARS", block_chars)
-    accounting = stage_source(registry.engine, registry.tables, _ChangesOnly(changes, deleted), load_code_map(),
-                              Pseudonymizer(), "incremental-run", SUPPORTED_TYPES, show_progress=False)
+    accounting = _stage(incremental, _ChangesOnly(changes, deleted), "incremental-run")
     assert accounting.changes["deleted"] == len(deleted)
-    assert accounting.changes["new"] == 0 and accounting.changes["changed"] == sum(map(len, changed_lines.values()))
+    assert accounting.changes["new"] == 0 and accounting.changes["changed"] == changed
     assert sum(accounting.quarantined.values()) == 0
-    load_and_audit(registry, load_code_map(), "incremental-run", "test", 24.0, dt.date.today(), show_progress=False)
+    load_and_audit(open_registry(incremental), load_code_map(), "incremental-run", "test", 24.0, dt.date.today(),
+                   show_progress=False)
     _load(final, fresh, tmp_path / "o3")
     assert_same_registry(incremental, fresh)
+
+
+def _staged(url: str) -> list[tuple]:
+    """Every staged row, but when it was fetched."""
+    from etl.registry import open_registry
+
+    registry = open_registry(url)
+    staging = registry.tables["fhir_resource"]
+    with registry.engine.connect() as conn:
+        rows = sorted(conn.execute(sa.select(*[c for c in staging.c if c.name != "fetched_at"])).all())
+    registry.engine.dispose()
+    return rows
+
+
+@pytest.mark.parametrize("setting", [{"LOOKUP_BLOCK": 3}, {"LOOKUP_BLOCK_CHARS": 1}, {"LAZY_LOOKUPS": 3}],
+                         ids=["blocks-of-3", "blocks-of-one-by-size", "switch-to-reading-all"])
+def test_every_lookup_strategy_stages_what_the_default_stages(cohort_factory, tmp_path, registry_factory,
+                                                             monkeypatch, setting):
+    """Staging asked for the keys a block of resources brings in blocks of 3 resources, or of one resource
+    by their characters, or (a low `LAZY_LOOKUPS`) read whole after the first few keys: the same changes
+    counted and the same rows staged as with the default blocks, whose registry the test above checks
+    (the registry is mapped from the staged rows)."""
+    import etl.stage
+    from etl.extract import FileSource
+
+    original = cohort_factory(40, 9)
+    _, changes, deleted, changed = _changes_only(original, tmp_path)
+    default, other = registry_factory(), registry_factory()
+    for url in (default, other):
+        _stage(url, FileSource(original), "base-run")
+    expected = _stage(default, _ChangesOnly(changes, deleted), "incremental-run")
+    for name, value in setting.items():
+        monkeypatch.setattr(etl.stage, name, value)
+    got = _stage(other, _ChangesOnly(changes, deleted), "incremental-run")
+    assert got.changes == expected.changes and got.changes["changed"] == changed
+    assert got.changes["deleted"] == len(deleted) and sum(got.quarantined.values()) == 0
+    assert _staged(other) == _staged(default) and len(_staged(default)) > 1000
 
 
 def test_delta_files_from_the_cli_equal_a_fresh_load_and_remove_nothing(cohort_factory, tmp_path, registry_factory):

@@ -52,7 +52,7 @@ def test_a_full_run_logs_and_writes_no_phi_and_no_secret(cohort_factory, tmp_pat
     resources = _resources(source)
     out, registry = tmp_path / "out", tmp_path / "registry.sqlite"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DLMREG_FHIR", "DLMREG_SMART"))}
-    env.update(DLMREG_PSEUDONYM_KEY=PSEUDONYM_KEY, DLMREG_FHIR_AUTH=auth, PYTHONPATH=str(REPO))
+    env.update(DLMREG_PSEUDONYM_KEY=PSEUDONYM_KEY, DLMREG_FHIR_AUTH=auth, PYTHONPATH=str(REPO), DLMREG_DATA_DOCS="on")
     credentials = {"bearer": {"DLMREG_FHIR_TOKEN": TOKEN},
                    "basic": {"DLMREG_FHIR_USERNAME": USERNAME, "DLMREG_FHIR_PASSWORD": PASSWORD}}[auth]
     env.update(credentials)
@@ -71,6 +71,7 @@ def test_a_full_run_logs_and_writes_no_phi_and_no_secret(cohort_factory, tmp_pat
     secrets = {PSEUDONYM_KEY, *credentials.values()}
     phi = _phi(resources)
     assert len(phi) > 60
+    assert (out / "data_docs" / "index.html").exists()  # scanned with the other outputs
     outputs = _written(out)
     stored = registry.read_bytes() + b"".join(
         p.read_bytes() for p in tmp_path.glob("registry.sqlite-*") if p.is_file())

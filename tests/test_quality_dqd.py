@@ -15,6 +15,7 @@ from typing import Callable
 import pytest
 import sqlalchemy as sa
 
+import etl.quality
 from etl.pipeline import RunSettings, run
 from etl.quality import plan, validate
 from etl.registry import open_registry
@@ -303,7 +304,9 @@ BREAKING = [case.broken for case in CASES.values()
             if case.broken and case.check.split(":")[0] not in ("cdmTable", "cdmField", "cdmDatatype")]
 
 
-def _both_ways(registry, setups) -> tuple[dict, dict]:
+def _both_ways(registry, setups, validations: Callable[[], int]) -> list[tuple[dict, int]]:
+    """Counts in batches of a few hundred values, then of whole frames, each with the number of
+    great-expectations validations it took (`validations()` counts them so far)."""
     with registry.engine.connect() as conn:
         transaction = conn.begin()
         try:
@@ -312,19 +315,27 @@ def _both_ways(registry, setups) -> tuple[dict, dict]:
             for setup in setups:
                 setup(conn, registry.tables)
             checks, frames = plan(conn, registry.tables, TODAY)
-            return (_counts(validate(conn, checks, frames, chunk_values=100)),
-                    _counts(validate(conn, checks, _whole(frames))))
+            out = []
+            for frames_read, chunk_values in ((frames, 300), (_whole(frames), etl.quality.CHUNK_VALUES)):
+                before = validations()
+                counts = _counts(validate(conn, checks, frames_read, chunk_values=chunk_values))
+                out.append((counts, validations() - before))
+            return out
         finally:
             transaction.rollback()
 
 
-def test_counted_batches_give_the_results_of_whole_frames(registry):
+def test_counted_batches_give_the_results_of_whole_frames(registry, monkeypatch):
     """Every check's rows checked and violated are those of one validation of the whole frame, with
     batches of a few distinct rows (so that groups span several), on the clean registry and on one
     broken by every fixture at once."""
-    clean, clean_whole = _both_ways(registry, [])
+    calls = []
+    real = etl.quality._run
+    monkeypatch.setattr(etl.quality, "_run", lambda *args: calls.append(1) or real(*args))
+    (clean, batched), (clean_whole, whole) = _both_ways(registry, [], lambda: len(calls))
     assert clean == clean_whole
-    broken, broken_whole = _both_ways(registry, BREAKING)
+    assert batched > whole + 50, (batched, whole)  # many groups span several batches
+    (broken, _), (broken_whole, _) = _both_ways(registry, BREAKING, lambda: len(calls))
     assert broken == broken_whole
     newly_violated = {name for name, (_, count) in broken.items() if count and not clean.get(name, (0, 0))[1]}
     assert len(newly_violated) >= len(BREAKING) // 2, newly_violated  # the breakers do overlap
