@@ -20,7 +20,8 @@ if [ -z "${DLMREG_TEST_PG_URL:-}" ]; then
     if [ "$(id -u)" = "0" ]; then chown postgres "$PGDIR"; RUNAS=(su postgres -s /bin/sh -c); fi
     run() { if [ ${#RUNAS[@]} -gt 0 ]; then "${RUNAS[@]}" "$*"; else sh -c "$*"; fi; }
     run "$PGBIN/initdb -D $PGDIR/data -A trust -U postgres >/dev/null"
-    run "$PGBIN/pg_ctl -D $PGDIR/data -o '-p $PGPORT -c listen_addresses=127.0.0.1 -k $PGDIR' -l $PGDIR/log -w start >/dev/null"
+    # A throwaway cluster: no waiting for the disk on commit (a crash loses only this test run's databases).
+    run "$PGBIN/pg_ctl -D $PGDIR/data -o '-p $PGPORT -c listen_addresses=127.0.0.1 -k $PGDIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off' -l $PGDIR/log -w start >/dev/null"
     trap 'run "$PGBIN/pg_ctl -D $PGDIR/data -m fast -w stop >/dev/null" || true; rm -rf "$PGDIR"' EXIT
     export DLMREG_TEST_PG_URL="postgresql+psycopg://postgres@127.0.0.1:$PGPORT/postgres"
     echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PGPORT"
