@@ -224,10 +224,12 @@ def _lesion_groups(conn: sa.Connection, tables: dict[str, sa.Table]) -> dict[str
 
 
 def _audit(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, source: str, today: dt.date,
-           data_docs_dir: Path | None, registry: Registry, run_id: str, checks: IncrementalChecks | None = None) -> dict:
-    """Replace the global tables, count, and run the checks on the state `conn` sees (on the changed persons
-    only where `checks` counted them before the load: etl.incremental_checks); store their counts."""
-    rows, warnings = _global_rows(codes, source, today)
+           data_docs_dir: Path | None, registry: Registry, run_id: str, checks: IncrementalChecks | None = None,
+           global_rows: tuple | None = None) -> dict:
+    """Replace the global tables (`global_rows`: _global_rows' result, if the caller has it), count, and run
+    the checks on the state `conn` sees (on the changed persons only where `checks` counted them before the
+    load: etl.incremental_checks); store their counts."""
+    rows, warnings = global_rows or _global_rows(codes, source, today)
     replace_global_rows(conn, tables, rows)
     # Indexes after the bulk load (the OHDSI order) but before the audit: its per-person checks look rows up
     # by person_id, and a patient-by-patient load keeps each person's rows together, so a scan per person
@@ -302,13 +304,14 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
     with registry.engine.connect() as conn:
         transaction = conn.begin()
         try:
-            checks = IncrementalChecks(conn, t, today, checks_salt(_global_rows(codes, source, today)[0]))
+            global_rows = _global_rows(codes, source, today)
+            checks = IncrementalChecks(conn, t, today, checks_salt(global_rows[0]))
             with timed(seconds, "map_load_derive", peaks):
                 mapped = load_patients(conn, t, codes, run_id, window_months, today, remap_all=remap_all,
                                        batch_size=batch_size, show_progress=show_progress, workers=workers,
                                        before_replace=checks.before)
             with timed(seconds, "audit", peaks):
-                audited = _audit(conn, t, codes, source, today, data_docs_dir, registry, run_id, checks)
+                audited = _audit(conn, t, codes, source, today, data_docs_dir, registry, run_id, checks, global_rows)
         except BaseException:
             transaction.rollback()
             raise

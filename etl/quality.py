@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
+from etl.gx_configurations import cached_configurations
 from quality_checks import Check, Frame, dlm_plan, dqd_plan
 from quality_checks.checks import ROWS
 
@@ -169,7 +170,8 @@ UNEXPECTED_ROWS = {"result_format": "COMPLETE", "return_unexpected_index_query":
 
 def _run(batch, suite, data, result_format) -> tuple:
     """Validate `data` with `suite`: the suite's result, and each expectation's result by check name."""
-    outcome = batch.get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=result_format)
+    with cached_configurations():
+        outcome = batch.get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=result_format)
     items = {}
     for item in outcome.results:
         name = item.expectation_config.meta["check"]

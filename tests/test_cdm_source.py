@@ -1,16 +1,27 @@
 """cdm_source documents the load: source, FHIR version, vocabulary (mapping) version, ETL version."""
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from etl.pipeline import RunSettings, run
 from etl.registry import open_registry
 
 
-def test_cdm_source_is_filled(cohort_factory, tmp_path, monkeypatch):
-    monkeypatch.setenv("DLMREG_SITE_NAME", "Test Hospital")
-    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
-    run(RunSettings(source=str(cohort_factory(10, 1)), registry_url=url, out_dir=tmp_path / "o", show_progress=False))
+@pytest.fixture(scope="module")
+def loaded(cohort_factory, tmp_path_factory):
+    """One run of a small cohort at a site named Test Hospital: (registry URL, results)."""
+    directory = tmp_path_factory.mktemp("cdm_source")
+    url = f"sqlite:///{directory / 'r.sqlite'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DLMREG_SITE_NAME", "Test Hospital")
+        results = run(RunSettings(source=str(cohort_factory(10, 1)), registry_url=url, out_dir=directory / "o",
+                                  show_progress=False))
+    return url, results
+
+
+def test_cdm_source_is_filled(loaded):
+    url, _ = loaded
     registry = open_registry(url)
     with registry.engine.connect() as conn:
         rows = conn.execute(sa.select(registry.tables["cdm_source"])).mappings().all()
@@ -22,14 +33,12 @@ def test_cdm_source_is_filled(cohort_factory, tmp_path, monkeypatch):
     assert row["cdm_etl_reference"].startswith("dlm-registry ")
 
 
-def test_verified_concept_subset_is_loaded(cohort_factory, tmp_path):
+def test_verified_concept_subset_is_loaded(loaded):
     import csv
 
     import mappings
 
-    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
-    results = run(RunSettings(source=str(cohort_factory(10, 1)), registry_url=url, out_dir=tmp_path / "o",
-                              show_progress=False))
+    url, results = loaded
     registry = open_registry(url)
     with registry.engine.connect() as conn:
         concepts = {r["concept_id"]: r for r in conn.execute(sa.select(registry.tables["concept"])).mappings()}
