@@ -2,7 +2,7 @@
 and no missing rows: the same registry as an uninterrupted load.
 
 Kill points are placed in the middle of each stage (staging, map/load/derive, quality checks), timed
-from the log of an uninterrupted run of the same input.
+from the log of an uninterrupted run of the same input; on SQLite only in map/load/derive (CI time).
 """
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ def test_killed_loads_recover(cohort_factory, tmp_path, registry_factory):
     assert completed.returncode == 0, completed.stderr[-2000:]
     offsets = _stage_offsets(completed.stderr, started)
     kill_points = [(a + b) / 2 for a, b in zip(offsets, offsets[1:])]
+    if reference.startswith("sqlite"):
+        # One kill, in the middle of the load (its transaction holds every written row in the WAL); staging
+        # and the checks are killed on PostgreSQL, and on both with -m slow (test_many_random_kill_points_recover).
+        kill_points = kill_points[1:2]
     for number, kill_after in enumerate(kill_points):
         url = registry_factory()
         process = subprocess.Popen(_command(source, url, tmp_path / f"killed{number}"),

@@ -331,7 +331,8 @@ class FhirTestServer:
             with opener(file, "rt", encoding="utf-8") as f:
                 for line in f:
                     if line.strip():
-                        self.upsert(json.loads(line))
+                        with self._lock:
+                            self._store.upsert(json.loads(line), owned=True)
                         count += 1
         return count
 

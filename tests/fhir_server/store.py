@@ -198,13 +198,15 @@ class Store:
         return t
 
     # -- changes --------------------------------------------------------------------------------
-    def upsert(self, resource: dict) -> dict:
+    def upsert(self, resource: dict, owned: bool = False) -> dict | None:
+        """Store a new version; returns a copy of it. `owned`: the caller hands the resource over (nobody else
+        holds it, as a line just parsed): stored as it is, and nothing returned."""
         if not isinstance(resource, dict):
             raise TypeError("resource must be a dict")
         rtype = resource.get("resourceType")
         if rtype not in R4_RESOURCE_TYPES:
             raise ValueError(f"not an R4 resource type: {rtype!r}")
-        res = copy.deepcopy(resource)
+        res = resource if owned else copy.deepcopy(resource)
         rid = res.get("id") or str(uuid.uuid4())
         if not isinstance(rid, str) or not _ID.match(rid):
             raise ValueError(f"invalid resource id {rid!r}")
@@ -219,7 +221,7 @@ class Store:
         meta["lastUpdated"] = format_instant(at)
         res["meta"] = meta
         record.versions.append(Version(version, at, res))
-        return copy.deepcopy(res)
+        return None if owned else copy.deepcopy(res)
 
     def delete(self, rtype: str, rid: str) -> datetime:
         record = self.records.get(rtype, {}).get(rid)
