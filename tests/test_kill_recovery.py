@@ -1,8 +1,9 @@
 """Acceptance: a load killed halfway (SIGKILL, no chance to clean up) and re-run ends with no duplicates
 and no missing rows: the same registry as an uninterrupted load.
 
-Kill points are placed in the middle of each stage (staging, map/load/derive, quality checks), timed
-from the log of an uninterrupted run of the same input; on SQLite only in map/load/derive (CI time).
+Kill points are placed inside each stage (staging, map/load/derive, quality checks): the killed run is
+watched until its log says the stage started, then killed 40% of the stage's length later (as long as it
+took in an uninterrupted run of the same input); on SQLite only in map/load/derive (CI time).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -37,6 +39,30 @@ def _stage_offsets(stderr: str, started: dt.datetime) -> list[float]:
     return offsets
 
 
+def _kill_into_stage(command: list[str], marker: str, delay: float) -> int:
+    """Start a run and SIGKILL it `delay` seconds after its log shows `marker`; its exit status. Timed from
+    the log rather than from the start, so a slower start-up on a busy machine does not move the kill into
+    another stage."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reached = threading.Event()
+
+    def watch() -> None:
+        for line in process.stderr:   # read to the end: a full pipe would stall the run
+            if marker in line:
+                reached.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    while not reached.wait(0.05) and process.poll() is None:
+        pass
+    assert reached.is_set(), f"the run ended without logging {marker!r}"
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    status = process.wait()
+    watcher.join()
+    return status
+
+
 def _run_statuses(url: str) -> list[str]:
     engine = sa.create_engine(url)
     table = "dlm.dlm_run" if engine.dialect.name == "postgresql" else "dlm_run"
@@ -54,18 +80,15 @@ def test_killed_loads_recover(cohort_factory, tmp_path, registry_factory):
                                timeout=600)
     assert completed.returncode == 0, completed.stderr[-2000:]
     offsets = _stage_offsets(completed.stderr, started)
-    kill_points = [(a + b) / 2 for a, b in zip(offsets, offsets[1:])]
+    kill_points = [(marker, 0.4 * (b - a)) for marker, a, b in zip(STAGES, offsets, offsets[1:])]
     if reference.startswith("sqlite"):
-        # One kill, in the middle of the load (its transaction holds every written row in the WAL); staging
-        # and the checks are killed on PostgreSQL, and on both with -m slow (test_many_random_kill_points_recover).
+        # One kill, in the load (its transaction holds every written row in the WAL); staging and the
+        # checks are killed on PostgreSQL, and on both with -m slow (test_many_random_kill_points_recover).
         kill_points = kill_points[1:2]
-    for number, kill_after in enumerate(kill_points):
+    for number, (marker, delay) in enumerate(kill_points):
         url = registry_factory()
-        process = subprocess.Popen(_command(source, url, tmp_path / f"killed{number}"),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(kill_after)
-        process.send_signal(signal.SIGKILL)
-        assert process.wait() == -signal.SIGKILL, "the run ended before the kill point"
+        status = _kill_into_stage(_command(source, url, tmp_path / f"killed{number}"), marker, delay)
+        assert status == -signal.SIGKILL, f"the run ended less than {delay:.1f} s after {marker!r}"
         assert _run_statuses(url) == ["running"]
         rerun = subprocess.run(_command(source, url, tmp_path / f"rerun{number}"), capture_output=True, text=True,
                                timeout=600)
