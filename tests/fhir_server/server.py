@@ -309,13 +309,14 @@ class FhirTestServer:
                 self._connections.discard(conn)
 
     # -- data -----------------------------------------------------------------------------------
-    def upsert(self, resource: dict) -> dict:
+    def upsert(self, resource: dict, owned: bool = False) -> dict | None:
         """Create or update; sets meta.versionId (1, 2, ...) and meta.lastUpdated (strictly increasing).
 
-        A missing id is assigned (uuid4). Returns a copy of the stored resource.
+        A missing id is assigned (uuid4). Returns a copy of the stored resource; with `owned` (the caller
+        hands the resource over, as a line just parsed) it is stored as it is and nothing is returned.
         """
         with self._lock:
-            return self._store.upsert(resource)
+            return self._store.upsert(resource, owned)
 
     def delete(self, resource_type: str, id: str) -> datetime:
         """Delete (reads give 410, searches skip it, ``$export`` with ``_since`` lists it). KeyError if unknown."""
@@ -331,8 +332,7 @@ class FhirTestServer:
             with opener(file, "rt", encoding="utf-8") as f:
                 for line in f:
                     if line.strip():
-                        with self._lock:
-                            self._store.upsert(json.loads(line), owned=True)
+                        self.upsert(json.loads(line), owned=True)
                         count += 1
         return count
 
