@@ -3,15 +3,16 @@
 Every registry row belongs to one patient except the vocabulary and provenance tables (GLOBAL_TABLES),
 so a patient's rows are replaced as a unit: deleted by person (NOTE_NLP and EPISODE_EVENT through their
 note and episode), then the batch's new rows inserted. A full load deletes every patient's rows once up
-front. Ids come from the lineage table, so a re-run writes identical rows.
+front. Ids come from the lineage table, so a re-run writes identical rows. Inserts are bulk (etl.bulk: COPY on
+PostgreSQL).
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 
+from etl import bulk
 from registry_schema.cdm import CHILD_TABLES
 
-BATCH = 5000
 LOOKUP_CHUNK = 500
 # Rows of one patient, found by person_id.
 PERSON_TABLES = (
@@ -56,8 +57,7 @@ def insert_rows(conn: sa.Connection, tables: dict[str, sa.Table], rows: dict[str
     counts = {}
     for name in REPLACED_TABLES:
         batch = rows.get(name) or []
-        for start in range(0, len(batch), BATCH):
-            conn.execute(tables[name].insert(), batch[start:start + BATCH])
+        bulk.insert_rows(conn, tables[name], batch)
         counts[name] = len(batch)
     return counts
 
@@ -76,8 +76,7 @@ def write_lineage(conn: sa.Connection, tables: dict[str, sa.Table], lineage: lis
                   version_changes: list[dict] = ()) -> None:
     """Add new lineage rows and record changed FHIR versions."""
     lineage_table = tables["dlm_lineage"]
-    for start in range(0, len(lineage), BATCH):
-        conn.execute(lineage_table.insert(), lineage[start:start + BATCH])
+    bulk.insert_rows(conn, lineage_table, lineage)
     if version_changes:
         conn.execute(lineage_table.update()
                      .where(lineage_table.c.omop_table == sa.bindparam("t"),

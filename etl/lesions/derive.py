@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import sqlalchemy as sa
 
+from etl import bulk
 from etl.lesions.classify import LesionResult, classify_lesion
 from etl.lesions.course import patient_course
 from etl.lesions.regimen import counted_drugs, regimen
@@ -95,6 +96,5 @@ def derive(conn: sa.Connection, tables: dict[str, sa.Table], window_months: floa
     for name, new in (("dlm_lesion_outcome", outcome_rows), ("dlm_patient_course", course_rows)):
         if rows is None:
             conn.execute(tables[name].delete())
-        if new:
-            conn.execute(tables[name].insert(), new)
+        bulk.insert_rows(conn, tables[name], new)
     return dict(counts)

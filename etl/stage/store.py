@@ -15,6 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from etl.bulk import copies, copy_rows
+
 KEY = ("resource_type", "resource_id")
 
 
@@ -27,7 +29,7 @@ class StagingStore:
 
     @staticmethod
     def for_connection(conn: sa.Connection, staging: sa.Table) -> StagingStore:
-        if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        if copies(conn):
             return CopyStagingStore(conn, staging)
         return StagingStore(conn, staging)
 
@@ -82,33 +84,25 @@ class CopyStagingStore(StagingStore):
         self.move = self._upsert(move)
         self.remove = staging.delete().where(*[staging.c[k] == self.keys.c[k] for k in KEY])
 
-    def _copy(self, table: sa.Table, columns: list[str], rows) -> None:
-        names = ", ".join(self.preparer.quote(c) for c in columns)
-        driver = self.conn.connection.driver_connection
-        with driver.cursor() as cursor:
-            with cursor.copy(f"COPY {self.preparer.format_table(table)} ({names}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-
     def _truncate(self, table: sa.Table) -> None:
         # TRUNCATE, not DELETE: a temporary table is never vacuumed, deleted rows would pile up per batch.
         self.conn.execute(sa.text(f"TRUNCATE {self.preparer.format_table(table)}"))
 
     def insert(self, rows: list[dict]) -> None:
         if rows:
-            self._copy(self.staging, self.columns, ([row[c] for c in self.columns] for row in rows))
+            copy_rows(self.conn, self.staging, self.columns, ([row[c] for c in self.columns] for row in rows))
 
     def upsert(self, rows: list[dict]) -> None:
         if not rows:
             return
-        self._copy(self.rows, self.columns, ([row[c] for c in self.columns] for row in rows))
+        copy_rows(self.conn, self.rows, self.columns, ([row[c] for c in self.columns] for row in rows))
         self.conn.execute(self.move)
         self._truncate(self.rows)
 
     def delete(self, keys: list[tuple[str, str]]) -> int:
         if not keys:
             return 0
-        self._copy(self.keys, list(KEY), keys)
+        copy_rows(self.conn, self.keys, KEY, keys)
         deleted = self.conn.execute(self.remove).rowcount
         self._truncate(self.keys)
         return deleted

@@ -23,6 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 import mappings
+from etl import bulk
 from etl.transform.note import store_note_text
 from etl.vocabulary import CodeMap
 
@@ -114,8 +115,7 @@ def write_digests(conn: sa.Connection, tables: dict[str, sa.Table], rows: list[d
     """Replace the digest rows of these patients (`patient_key`, `digest`, `person_id`, `run_id`, `map_notes`)."""
     table = tables["dlm_patient_digest"]
     delete_digests(conn, tables, [r["patient_key"] for r in rows])
-    if rows:
-        conn.execute(table.insert(), rows)
+    bulk.insert_rows(conn, table, rows)
 
 
 def delete_digests(conn: sa.Connection, tables: dict[str, sa.Table], keys: list[str]) -> None:

@@ -1,0 +1,45 @@
+"""Bulk inserts inside the caller's transaction: `COPY ... FROM STDIN` on PostgreSQL with psycopg 3,
+executemany elsewhere (SQLite runs in-process, so a round trip costs nothing).
+
+COPY skips SQLAlchemy's bind processing: values go to the server as text and the column type parses
+them, so a value must already be what the column holds (an int for an integer column, not a float;
+the schema has no TypeDecorator). Statements other than the COPY are SQLAlchemy Core.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import sqlalchemy as sa
+
+EXECUTEMANY_BATCH = 5000  # rows per executemany call
+
+
+def copies(conn: sa.Connection) -> bool:
+    """Whether inserts on `conn` go through COPY."""
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+
+
+def copy_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """COPY `rows` (value sequences in the order of `columns`) into `table`. PostgreSQL with psycopg only."""
+    preparer = conn.dialect.identifier_preparer
+    names = ", ".join(preparer.quote(c) for c in columns)
+    with conn.connection.driver_connection.cursor() as cursor:
+        with cursor.copy(f"COPY {preparer.format_table(table)} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
+    """Insert `rows` (dicts by column name; a column no row names gets its default, keys that are not
+    columns are ignored, as with executemany) into `table`."""
+    if not rows:
+        return
+    named = set().union(*map(dict.keys, rows))
+    columns = [c.name for c in table.columns if c.name in named]
+    if copies(conn):
+        copy_rows(conn, table, columns, ([row.get(c) for c in columns] for row in rows))
+        return
+    if any(len(row) != len(named) for row in rows):  # executemany needs every row to name the same columns
+        rows = [{c: row.get(c) for c in columns} for row in rows]
+    for start in range(0, len(rows), EXECUTEMANY_BATCH):
+        conn.execute(table.insert(), rows[start:start + EXECUTEMANY_BATCH])
