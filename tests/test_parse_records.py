@@ -1,17 +1,21 @@
 """Issue #9: resources validated in worker processes (etl.stage.parse.parse_records) get the verdicts, and
-come back in the order, that validating them in the run's own process gives, also when a worker dies."""
+come back in the order, that validating them in the run's own process gives, also when a worker dies; a
+resource prepared for staging in a worker (etl.stage.prepare) is what the run's own process prepares."""
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
 import signal
+from functools import partial
 
 import pytest
 
 import etl.stage.parse
 from etl.extract import FileSource, RawRecord
 from etl.stage.parse import Rejected, parse_records
+from etl.stage.prepare import Prepared, prepare
+from etl.stage.pseudonym import Pseudonymizer
 
 
 @pytest.fixture
@@ -62,3 +66,18 @@ def test_a_dead_worker_leaves_the_rest_to_the_main_process(records, caplog):
         out += list(parsed)
     assert out == here
     assert "validating worker process died" in caplog.text
+
+
+def test_workers_prepare_what_the_main_process_prepares(records):
+    # A key and a date shift of the run's own (not the environment's): the workers must use the same.
+    pseudo = Pseudonymizer("a-test-key", date_shift_days=30)
+    here = list(parse_records(records, workers=0, prepare=partial(prepare, pseudo=pseudo)))
+    prepared = [p for _, p in here if isinstance(p, Prepared)]
+    assert len(prepared) == sum(not isinstance(p, Rejected) for _, p in parse_records(records, workers=0))
+    assert any(p.owner == pseudo.patient(json.loads(r.text)["subject"]["reference"].split("/")[-1])
+               for r, p in here if isinstance(p, Prepared) and p.resource_type == "Observation")
+    assert all("identifier" not in json.loads(p.clean) for p in prepared if p.resource_type != "BodyStructure")
+    in_workers = list(parse_records(records, workers=2, chunk=7, prepare=partial(prepare, pseudo=pseudo)))
+    assert in_workers == here
+    other = list(parse_records(records, workers=2, chunk=7, prepare=partial(prepare, pseudo=Pseudonymizer("another-key"))))
+    assert [p.owner for _, p in other if isinstance(p, Prepared)] != [p.owner for p in prepared]

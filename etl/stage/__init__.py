@@ -31,15 +31,17 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Callable
+from functools import partial
 
 import sqlalchemy as sa
 
 from etl.extract import RawRecord
 from etl.progress import Progress
 from etl.stage.accounting import Accounting
-from etl.stage.deidentify import deidentified_text, deidentify, patient_of
+from etl.stage.deidentify import deidentified_text, patient_of
 from etl.stage.index import StagingIndex
 from etl.stage.parse import Rejected, parse_records
+from etl.stage.prepare import Prepared, canonical_digest, last_updated, prepare
 from etl.stage.pseudonym import Pseudonymizer
 from etl.stage.store import StagingStore
 from etl.vocabulary import CodeMap
@@ -65,21 +67,9 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _digest(resource: dict) -> bytes:
-    return hashlib.sha256(_CANONICAL(resource).encode("utf-8", "replace")).digest()
-
-
 def canonical_hash(resource: dict) -> str:
     """Hash of the resource as received, independent of key order and white space."""
-    return _digest(resource).hex()
-
-
-def _last_updated(resource: dict) -> str:
-    return str((resource.get("meta") or {}).get("lastUpdated") or "")
+    return canonical_digest(resource).hex()
 
 
 class _Stager:
@@ -198,59 +188,42 @@ class _Stager:
             return "excluded:patient not in cohort"
         return None
 
-    def route(self, record: RawRecord, resource: dict, patients: set[str], cohort: set[str]) -> None:
+    def route(self, record: RawRecord, resource: Prepared, patients: set[str], cohort: set[str]) -> None:
         """Stage, exclude or quarantine one valid resource by its type and the patient (pseudonym) it belongs to."""
-        owner = patient_of(resource)
-        key = self.pseudo.patient(owner) if owner else None
-        verdict = self._verdict(resource["resourceType"], key, cohort, patients)
+        verdict = self._verdict(resource.resource_type, resource.owner, cohort, patients)
         if verdict is None:
-            self.stage(resource, key)
+            key = (resource.resource_type, resource.staging_id)
+            self._stage(key, resource.last_updated, resource.digest,
+                        lambda: self._row(key, resource.version_id, resource.last_updated, resource.owner,
+                                          resource.digest.hex(), resource.clean))
         elif verdict.startswith("excluded:"):
             self.acct.excluded[verdict[9:]] += 1
         else:
-            self.quarantine(record, verdict[12:], resource["resourceType"])
+            self.quarantine(record, verdict[12:], resource.resource_type)
 
     def route_spooled(self, item: list, patients: set[str], cohort: set[str]) -> None:
         """`route` for a first-pass resource read back from the spool (see `spool_item`)."""
         location, resource_type, resource_id, owner_key, last_updated, version_id, digest, raw_sha, clean = item
         verdict = self._verdict(resource_type, owner_key, cohort, patients)
         if verdict is None:
-            meta = {"versionId": version_id, "lastUpdated": last_updated or None}
             self._stage((resource_type, resource_id), last_updated, bytes.fromhex(digest),
-                        lambda: self._row((resource_type, resource_id), meta, owner_key, digest, clean))
+                        lambda: self._row((resource_type, resource_id), version_id, last_updated, owner_key, digest,
+                                          clean))
         elif verdict.startswith("excluded:"):
             self.acct.excluded[verdict[9:]] += 1
         else:  # the quarantined text is de-identified like staging: the staged JSON, as deidentified_text writes it
             self._quarantine(location, verdict[12:], resource_type, raw_sha,
                              json.dumps(json.loads(clean), ensure_ascii=False))
 
-    def digest(self, resource: dict) -> bytes:
-        """The staged hash: of the resource as received, and of the date shift when it is on (turning it on or
-        off, or changing it, restages every resource and so re-maps every patient)."""
-        if not self.pseudo.date_shift_days:
-            return _digest(resource)
-        return hashlib.sha256(_digest(resource) + b"|date-shift:%d" % self.pseudo.date_shift_days).digest()
-
-    def spool_item(self, record: RawRecord, resource: dict) -> list:
-        owner = patient_of(resource)
-        resource_type = resource["resourceType"]
-        clean = deidentify(resource, self.pseudo)
-        meta = resource.get("meta") or {}
-        return [record.location, resource_type, clean["id"], self.pseudo.patient(owner) if owner else None,
-                _last_updated(resource), meta.get("versionId"), self.digest(resource).hex(), _sha(record.text),
-                _COMPACT(clean)]
+    def spool_item(self, record: RawRecord, resource: Prepared) -> list:
+        return [record.location, resource.resource_type, resource.staging_id, resource.owner, resource.last_updated,
+                resource.version_id, resource.digest.hex(), _sha(record.text), resource.clean]
 
     # -- staging ---------------------------------------------------------------------------------------
-    def stage(self, resource: dict, owner_key: str | None) -> None:
-        key = self.staging_key(resource["resourceType"], resource["id"])
-        digest = self.digest(resource)
-        self._stage(key, _last_updated(resource), digest,
-                    lambda: self._row(key, resource.get("meta") or {}, owner_key, digest.hex(),
-                                      _COMPACT(deidentify(resource, self.pseudo))))
-
-    def _row(self, key: tuple[str, str], meta: dict, owner_key: str | None, digest: str, resource_json: str) -> dict:
-        return {"resource_type": key[0], "resource_id": key[1], "version_id": meta.get("versionId"),
-                "last_updated": meta.get("lastUpdated"), "patient_key": owner_key, "sha256": digest,
+    def _row(self, key: tuple[str, str], version_id: str | None, last_updated: str, owner_key: str | None,
+             digest: str, resource_json: str) -> dict:
+        return {"resource_type": key[0], "resource_id": key[1], "version_id": version_id,
+                "last_updated": last_updated or None, "patient_key": owner_key, "sha256": digest,
                 "source": self.source, "fetched_at": self.fetched_at, "resource_json": resource_json}
 
     def _stage(self, key: tuple[str, str], last_updated: str, digest: bytes, make_row: Callable[[], dict]) -> None:
@@ -378,12 +351,12 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: 
                 if parsed["id"] in winners:
                     # Keep the newer copy of a Patient seen twice; the other is a counted duplicate.
                     stager.acct.excluded["duplicate resource id"] += 1
-                    if _last_updated(parsed) <= winners[parsed["id"]][1]:
+                    if last_updated(parsed) <= winners[parsed["id"]][1]:
                         continue
-                winners[parsed["id"]] = (spooled, _last_updated(parsed))
+                winners[parsed["id"]] = (spooled, last_updated(parsed))
             elif codes.meaning(parsed.get("code")) == COHORT_MEANING and patient_of(parsed):
                 cohort_ids.add(patient_of(parsed))
-            spool.write(json.dumps(stager.spool_item(record, parsed), ensure_ascii=False) + "\n")
+            spool.write(json.dumps(stager.spool_item(record, prepare(parsed, pseudo)), ensure_ascii=False) + "\n")
             spooled += 1
         known, cohort = (set(), set()) if snapshot else stager.staged_cohort(codes)
         known |= {pseudo.patient(pid) for pid in winners}
@@ -397,10 +370,11 @@ def stage_source(engine: sa.Engine, tables: dict[str, sa.Table], source, codes: 
             if item[1] == "Patient" and line not in kept:
                 continue   # an older copy of a Patient, already counted as a duplicate
             stager.route_spooled(item, known, cohort)
-        # Pass 2: everything else, streamed.
-        parsed_records = parse_records(source.records(exclude=FIRST_PASS), validation, workers)
+        # Pass 2: everything else, streamed, de-identified and hashed where it is validated.
+        parsed_records = parse_records(source.records(exclude=FIRST_PASS), validation, workers,
+                                       prepare=partial(prepare, pseudo=pseudo))
         for record, parsed in stager.looked_up(
-                parsed_records, lambda r: None if isinstance(r[1], Rejected) else stager.staging_key(r[1]["resourceType"], r[1]["id"]),
+                parsed_records, lambda r: None if isinstance(r[1], Rejected) else (r[1].resource_type, r[1].staging_id),
                 lambda r: len(r[0].text)):
             if isinstance(parsed, Rejected):
                 stager.quarantine(record, parsed.reason, parsed.resource_type)

@@ -6,8 +6,9 @@ the dict is kept for mapping because the models add nothing the transforms need.
 
 `parse_records` validates in worker processes (etl.workers) when there are any: the records go to them in
 chunks, a few chunks ahead, and come back in input order, so staging sees what it would see validating
-them itself. A worker returns only its verdict; the run's own process parses the valid records again
-(JSON parsing is a small part of validation's cost, and cheaper than sending the parsed dict back).
+them itself. A worker returns its verdict, or what `prepare` makes of a valid resource (staging's
+de-identified row: etl.stage.prepare); without `prepare` the run's own process parses the valid records
+again (JSON parsing is a small part of validation's cost, and cheaper than sending the parsed dict back).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import itertools
 import json
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -68,9 +69,10 @@ def parse_record(record: RawRecord, validator: ElementValidator | ModelValidator
     return resource
 
 
-def parse_records(records: Iterable[RawRecord], validation: str | None = None,
-                  workers: int | None = None, chunk: int | None = None) -> Iterator[tuple[RawRecord, dict | Rejected]]:
-    """(record, parse_record(record)) for each record, in order; validated by `workers` processes (default
+def parse_records(records: Iterable[RawRecord], validation: str | None = None, workers: int | None = None,
+                  chunk: int | None = None, prepare: Callable[[dict], object] | None = None) -> Iterator[tuple]:
+    """(record, parse_record(record)) for each record, in order, or (record, prepare(resource)) for a valid
+    one when `prepare` (picklable) is given; validated, and prepared, by `workers` processes (default
     etl.workers.usable_workers) when the input holds more than one chunk. `validation` as in
     etl.stage.validate.make_validator. A worker that dies is logged, and the rest is validated here."""
     workers = usable_workers(workers)
@@ -80,10 +82,10 @@ def parse_records(records: Iterable[RawRecord], validation: str | None = None,
     second = next(chunks, None) if workers >= 1 else None
     if second is None:   # no workers, or one chunk at most: not worth starting them
         for record in first:
-            yield record, parse_record(record, validator)
+            yield record, _parsed(record, validator, prepare)
         return
     chunks = itertools.chain([first, second], chunks)
-    with process_pool(workers, _start_worker, (validation,)) as pool:
+    with process_pool(workers, _start_worker, (validation, prepare)) as pool:
         ahead: deque = deque()   # [chunk, its future]: a chunk leaves only once its answers are in
         try:
             for part in chunks:
@@ -97,9 +99,14 @@ def parse_records(records: Iterable[RawRecord], validation: str | None = None,
             log.warning("a validating worker process died; validating the remaining records in the main process")
             for part, _ in ahead:
                 for record in part:
-                    yield record, parse_record(record, validator)
+                    yield record, _parsed(record, validator, prepare)
             for record in itertools.chain.from_iterable(chunks):
-                yield record, parse_record(record, validator)
+                yield record, _parsed(record, validator, prepare)
+
+
+def _parsed(record: RawRecord, validator, prepare: Callable[[dict], object] | None):
+    parsed = parse_record(record, validator)
+    return parsed if prepare is None or isinstance(parsed, Rejected) else prepare(parsed)
 
 
 def _chunks(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
@@ -120,22 +127,26 @@ def _answers(ahead: deque) -> Iterator[tuple[RawRecord, dict | Rejected]]:
     """The first chunk's records with their verdicts (raises BrokenProcessPool, the chunk kept, if it has none)."""
     verdicts = ahead[0][1].result()
     part = ahead.popleft()[0]
-    for record, verdict in zip(part, verdicts):
+    for record, verdict in zip(part, verdicts):   # None: valid, and not prepared in the worker
         yield record, (verdict if verdict is not None else json.loads(record.text))
 
 
 _WORKER_VALIDATOR: ElementValidator | ModelValidator | None = None
+_WORKER_PREPARE: Callable[[dict], object] | None = None
 
 
-def _start_worker(validation: str | None) -> None:
-    global _WORKER_VALIDATOR
-    _WORKER_VALIDATOR = make_validator(validation)
+def _start_worker(validation: str | None, prepare: Callable[[dict], object] | None = None) -> None:
+    global _WORKER_VALIDATOR, _WORKER_PREPARE
+    _WORKER_VALIDATOR, _WORKER_PREPARE = make_validator(validation), prepare
 
 
-def _verdicts(part: list[RawRecord]) -> list[Rejected | None]:
-    """In a worker: None for each valid record, else why it was rejected."""
+def _verdicts(part: list[RawRecord]) -> list:
+    """In a worker: for each record why it was rejected, else what `prepare` made of it (None without one)."""
     out = []
     for record in part:
         parsed = parse_record(record, _WORKER_VALIDATOR)
-        out.append(parsed if isinstance(parsed, Rejected) else None)
+        if isinstance(parsed, Rejected):
+            out.append(parsed)
+        else:
+            out.append(_WORKER_PREPARE(parsed) if _WORKER_PREPARE else None)
     return out
