@@ -7,6 +7,7 @@ the schema has no TypeDecorator). Statements other than the COPY are SQLAlchemy 
 """
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Iterable, Sequence
 
 import sqlalchemy as sa
@@ -36,10 +37,12 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
         return
     named = set().union(*map(dict.keys, rows))
     columns = [c.name for c in table.columns if c.name in named]
+    uniform = all(len(row) == len(named) for row in rows)   # every row names the same keys
     if copies(conn):
-        copy_rows(conn, table, columns, ([row.get(c) for c in columns] for row in rows))
+        values = itemgetter(*columns) if uniform and len(columns) > 1 else lambda row: [row.get(c) for c in columns]
+        copy_rows(conn, table, columns, map(values, rows))
         return
-    if any(len(row) != len(named) for row in rows):  # executemany needs every row to name the same columns
+    if not uniform:  # executemany needs every row to name the same columns
         rows = [{c: row.get(c) for c in columns} for row in rows]
     for start in range(0, len(rows), EXECUTEMANY_BATCH):
         conn.execute(table.insert(), rows[start:start + EXECUTEMANY_BATCH])

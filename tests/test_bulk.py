@@ -41,6 +41,10 @@ def test_bulk_insert_gives_the_rows_executemany_gives(registry_url):
         for row in ROWS:  # one plain insert per row, each with only the columns it names
             conn.execute(table.insert().values({k: v for k, v in row.items() if k in table.c}))
         assert _read(conn, table) == copied
+        conn.execute(table.delete())
+        named = sorted(set().union(*ROWS))
+        bulk.insert_rows(conn, table, [{k: row.get(k) for k in named} for row in ROWS])   # every row names every key
+        assert _read(conn, table) == copied
     assert copied[0][6] == ROWS[0]["value_source_value"]
     assert copied[1][4] is None and copied[1][5] == 3.0
     assert copied[2][6] == "\\N" and copied[2][7] == "mm"
