@@ -192,10 +192,7 @@ class _Stager:
         """Stage, exclude or quarantine one valid resource by its type and the patient (pseudonym) it belongs to."""
         verdict = self._verdict(resource.resource_type, resource.owner, cohort, patients)
         if verdict is None:
-            key = (resource.resource_type, resource.staging_id)
-            self._stage(key, resource.last_updated, resource.digest,
-                        lambda: self._row(key, resource.version_id, resource.last_updated, resource.owner,
-                                          resource.digest.hex(), resource.clean))
+            self._stage(resource)
         elif verdict.startswith("excluded:"):
             self.acct.excluded[verdict[9:]] += 1
         else:
@@ -206,9 +203,8 @@ class _Stager:
         location, resource_type, resource_id, owner_key, last_updated, version_id, digest, raw_sha, clean = item
         verdict = self._verdict(resource_type, owner_key, cohort, patients)
         if verdict is None:
-            self._stage((resource_type, resource_id), last_updated, bytes.fromhex(digest),
-                        lambda: self._row((resource_type, resource_id), version_id, last_updated, owner_key, digest,
-                                          clean))
+            self._stage(Prepared(resource_type, resource_id, owner_key, version_id, last_updated, bytes.fromhex(digest),
+                                 clean))
         elif verdict.startswith("excluded:"):
             self.acct.excluded[verdict[9:]] += 1
         else:  # the quarantined text is de-identified like staging: the staged JSON, as deidentified_text writes it
@@ -220,13 +216,14 @@ class _Stager:
                 resource.version_id, resource.digest.hex(), _sha(record.text), resource.clean]
 
     # -- staging ---------------------------------------------------------------------------------------
-    def _row(self, key: tuple[str, str], version_id: str | None, last_updated: str, owner_key: str | None,
-             digest: str, resource_json: str) -> dict:
-        return {"resource_type": key[0], "resource_id": key[1], "version_id": version_id,
-                "last_updated": last_updated or None, "patient_key": owner_key, "sha256": digest,
-                "source": self.source, "fetched_at": self.fetched_at, "resource_json": resource_json}
+    def _row(self, resource: Prepared) -> dict:
+        return {"resource_type": resource.resource_type, "resource_id": resource.staging_id,
+                "version_id": resource.version_id, "last_updated": resource.last_updated or None,
+                "patient_key": resource.owner, "sha256": resource.digest.hex(), "source": self.source,
+                "fetched_at": self.fetched_at, "resource_json": resource.clean}
 
-    def _stage(self, key: tuple[str, str], last_updated: str, digest: bytes, make_row: Callable[[], dict]) -> None:
+    def _stage(self, resource: Prepared) -> None:
+        key, last_updated, digest = (resource.resource_type, resource.staging_id), resource.last_updated, resource.digest
         previous, kept = self._lookup(key)
         duplicate = kept is not None
         if duplicate:
@@ -244,7 +241,7 @@ class _Stager:
         self.index.mark(key, digest, last_updated)
         if not duplicate:
             self.acct.changes["new" if previous is None else "changed"] += 1
-        row = make_row()   # de-identified and serialised only when it is written
+        row = self._row(resource)
         waiting = self.pending.get(key)
         # Absent from staging: not staged before this run and not yet written in it (a copy still waiting in
         # the batch is replaced, not written). Such rows are inserted; the others upserted.

@@ -144,9 +144,6 @@ def _verdicts(part: list[RawRecord]) -> list:
     """In a worker: for each record why it was rejected, else what `prepare` made of it (None without one)."""
     out = []
     for record in part:
-        parsed = parse_record(record, _WORKER_VALIDATOR)
-        if isinstance(parsed, Rejected):
-            out.append(parsed)
-        else:
-            out.append(_WORKER_PREPARE(parsed) if _WORKER_PREPARE else None)
+        parsed = _parsed(record, _WORKER_VALIDATOR, _WORKER_PREPARE)
+        out.append(None if isinstance(parsed, dict) else parsed)   # a dict is parsed again by the run's process
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from etl import bulk
 from etl.bulk import copies, copy_rows
 
 KEY = ("resource_type", "resource_id")
@@ -42,9 +43,9 @@ class StagingStore:
             set_={c: insert.excluded[c] for c in self.columns if c not in KEY})
 
     def insert(self, rows: list[dict]) -> None:
-        """Insert rows (dicts with every staging column) whose keys are not in staging."""
-        if rows:
-            self.conn.execute(self.staging.insert(), rows)
+        """Insert rows (dicts with every staging column) whose keys are not in staging (etl.bulk: COPY on
+        PostgreSQL with psycopg)."""
+        bulk.insert_rows(self.conn, self.staging, rows)
 
     def upsert(self, rows: list[dict]) -> None:
         """Insert or replace rows (dicts with every staging column), keys unique within the batch."""
@@ -88,14 +89,10 @@ class CopyStagingStore(StagingStore):
         # TRUNCATE, not DELETE: a temporary table is never vacuumed, deleted rows would pile up per batch.
         self.conn.execute(sa.text(f"TRUNCATE {self.preparer.format_table(table)}"))
 
-    def insert(self, rows: list[dict]) -> None:
-        if rows:
-            copy_rows(self.conn, self.staging, self.columns, ([row[c] for c in self.columns] for row in rows))
-
     def upsert(self, rows: list[dict]) -> None:
         if not rows:
             return
-        copy_rows(self.conn, self.rows, self.columns, ([row[c] for c in self.columns] for row in rows))
+        bulk.insert_rows(self.conn, self.rows, rows)
         self.conn.execute(self.move)
         self._truncate(self.rows)
 
