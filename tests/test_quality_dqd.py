@@ -358,3 +358,37 @@ def test_uniqueness_batches_never_split_a_key(registry):
             chunked = _counts(validate(conn, checks, {"conditions": frame}, chunk_values=size))
             assert chunked == _counts(validate(conn, checks, _whole({"conditions": frame}))), size
     assert chunked["unique:('condition_concept_id',)"][1] and chunked["unique:('person_id', 'condition_type_concept_id')"][1]
+
+
+def test_a_frame_of_no_rows_is_counted_without_validation(registry, tmp_path, monkeypatch):
+    """Counted batches of no rows (most frames of changes in an incremental audit) are not validated: their
+    checks get what great-expectations gives on no rows (nothing checked, none violated, passed), and Data
+    Docs still show the frame's suite."""
+    from quality_checks import Check
+
+    t = registry.tables["condition_occurrence"]
+    frame = Frame(sa.select(t.c.condition_concept_id, t.c.condition_start_date, t.c.condition_end_date)
+                  .where(t.c.person_id < 0))
+    checks = [Check("notNull", "isRequired", "none", "condition_concept_id", "critical", 0.0,
+                    "ExpectColumnValuesToNotBeNull", {"column": "condition_concept_id"}),
+              Check("between", "plausibleValue", "none", "condition_concept_id", "warning", 1.0,
+                    "ExpectColumnValuesToBeBetween", {"column": "condition_concept_id", "min_value": 1}),
+              Check("ordered", "plausibleStartBeforeEnd", "none", "condition_end_date", "warning", 1.0,
+                    "ExpectColumnPairValuesAToBeGreaterThanB", {
+                        "column_A": "condition_end_date", "column_B": "condition_start_date", "or_equal": True,
+                        "ignore_row_if": "either_value_is_missing"})]
+    calls = []
+    real = etl.quality._run
+    monkeypatch.setattr(etl.quality, "_run", lambda *args: calls.append(args[1]) or real(*args))
+    docs = tmp_path / "data_docs"
+    with registry.engine.connect() as conn:
+        skipped = validate(conn, checks, {"none": frame})
+        assert not calls
+        with_docs = validate(conn, checks, {"none": frame}, docs)
+        assert [len(suite.expectations) for suite in calls] == [0]  # only the batch's identity, for the docs
+        whole = validate(conn, checks, _whole({"none": frame}))
+    assert [(r.counts, r.passed) for r in skipped] == [(r.counts, r.passed) for r in with_docs] \
+        == [(r.counts, r.passed) for r in whole] == [((0, 0, 0, 0), True)] * 3
+    assert "dlmreg.none" in (docs / "index.html").read_text()
+    (page,) = (docs / "validations").rglob("*.html")
+    assert all(column in page.read_text() for column in ("condition_concept_id", "condition_end_date"))
