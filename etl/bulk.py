@@ -1,5 +1,5 @@
-"""Bulk inserts inside the caller's transaction: `COPY ... FROM STDIN` on PostgreSQL with psycopg 3,
-executemany elsewhere (SQLite runs in-process, so a round trip costs nothing).
+"""Bulk inserts and updates inside the caller's transaction: `COPY ... FROM STDIN` on PostgreSQL with
+psycopg 3, executemany elsewhere (SQLite runs in-process, so a round trip costs nothing).
 
 COPY skips SQLAlchemy's bind processing: values go to the server as text and the column type parses
 them, so a value must already be what the column holds (an int for an integer column, not a float;
@@ -46,3 +46,27 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
         rows = [{c: row.get(c) for c in columns} for row in rows]
     for start in range(0, len(rows), EXECUTEMANY_BATCH):
         conn.execute(table.insert(), rows[start:start + EXECUTEMANY_BATCH])
+
+
+def update_rows(conn: sa.Connection, table: sa.Table, keys: Sequence[str], rows: list[dict]) -> None:
+    """Set each row's values on the rows of `table` whose `keys` columns equal its own (every row names the
+    same columns, `keys` among them). PostgreSQL: COPY into a temporary table, then one UPDATE ... FROM;
+    elsewhere executemany of one UPDATE."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    values = [c for c in columns if c not in keys]
+    if copies(conn):
+        temp = sa.Table(f"dlm_update_{table.name}", sa.MetaData(), *[sa.Column(c, table.c[c].type) for c in columns],
+                        prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
+        temp.create(conn)
+        copy_rows(conn, temp, columns, ([row[c] for c in columns] for row in rows))
+        conn.execute(table.update().where(*[table.c[k] == temp.c[k] for k in keys])
+                     .values({c: temp.c[c] for c in values}))
+        temp.drop(conn)
+        return
+    statement = table.update().where(*[table.c[k] == sa.bindparam(f"key_{k}") for k in keys]).values(
+        {c: sa.bindparam(f"value_{c}") for c in values})
+    renamed = [{**{f"key_{k}": row[k] for k in keys}, **{f"value_{c}": row[c] for c in values}} for row in rows]
+    for start in range(0, len(renamed), EXECUTEMANY_BATCH):
+        conn.execute(statement, renamed[start:start + EXECUTEMANY_BATCH])

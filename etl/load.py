@@ -77,11 +77,7 @@ def write_lineage(conn: sa.Connection, tables: dict[str, sa.Table], lineage: lis
     """Add new lineage rows and record changed FHIR versions."""
     lineage_table = tables["dlm_lineage"]
     bulk.insert_rows(conn, lineage_table, lineage)
-    if version_changes:
-        conn.execute(lineage_table.update()
-                     .where(lineage_table.c.omop_table == sa.bindparam("t"),
-                            lineage_table.c.source_key == sa.bindparam("k"))
-                     .values(fhir_version_id=sa.bindparam("v")), list(version_changes))
+    bulk.update_rows(conn, lineage_table, ["omop_table", "source_key"], list(version_changes))
 
 
 def claimed_elsewhere(conn: sa.Connection, tables: dict[str, sa.Table], lineage: list[dict]) -> list[dict]:

@@ -62,3 +62,23 @@ def test_copy_is_part_of_the_callers_transaction(pg_url):
     with registry.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
     registry.engine.dispose()
+
+
+def test_bulk_update_sets_the_values_of_the_rows_with_equal_keys(registry_url):
+    """update_rows (COPY into a temporary table and one UPDATE ... FROM on PostgreSQL) updates what one UPDATE
+    per row updates: the rows whose key columns all match, none other; twice in one transaction."""
+    registry = open_registry(registry_url)
+    table = registry.tables["measurement"]
+    with registry.engine.begin() as conn:
+        bulk.insert_rows(conn, table, ROWS)
+        change = [{"person_id": 7, "measurement_concept_id": 0, "unit_source_value": "cm\tx"},
+                  {"person_id": 8, "measurement_concept_id": 0, "unit_source_value": None},
+                  {"person_id": 9, "measurement_concept_id": 0, "unit_source_value": "no such row"}]
+        bulk.update_rows(conn, table, ["person_id", "measurement_concept_id"], change)
+        bulk.update_rows(conn, table, ["person_id", "measurement_concept_id"], [])
+        assert [(r[0], r[7]) for r in _read(conn, table)] == [(1, None), (2, "cm\tx"), (3, None)]
+        bulk.update_rows(conn, table, ["measurement_id"], [{"measurement_id": 1, "unit_source_value": "mm",
+                                                             "value_as_number": 1.5}])
+        assert [(r[0], r[5], r[7]) for r in _read(conn, table)] == [(1, 1.5, "mm"), (2, 3.0, "cm\tx"), (3, None, None)]
+        conn.execute(table.delete())
+    registry.engine.dispose()

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from etl.pipeline import RunSettings, load_and_audit, run
+from etl.registry import open_registry
 from tests.registry_compare import assert_same_registry
 
 
@@ -60,6 +61,21 @@ def test_changed_and_deleted_input_equals_fresh_load(cohort_factory, tmp_path, r
     fresh_results = _load(final, fresh, tmp_path / "o3")
     assert_same_registry(incremental, fresh)
     assert second["npv"] == fresh_results["npv"]
+    # each row's lineage names the FHIR version it was mapped from: the changed resources' new one (the
+    # lineage of deleted resources stays, so that their ids come back with them)
+    versions, fresh_versions = _lineage_versions(incremental), _lineage_versions(fresh)
+    assert {key: versions.get(key) for key in fresh_versions} == fresh_versions
+    assert sum(v == "2" for v in fresh_versions.values()) > 10
+
+
+def _lineage_versions(url: str) -> dict:
+    registry = open_registry(url)
+    lineage = registry.tables["dlm_lineage"]
+    with registry.engine.connect() as conn:
+        versions = {(t, k): v for t, k, v in conn.execute(sa.select(
+            lineage.c.omop_table, lineage.c.source_key, lineage.c.fhir_version_id))}
+    registry.engine.dispose()
+    return versions
 
 
 def test_failed_load_leaves_previous_state(cohort_factory, tmp_path, monkeypatch):

@@ -75,7 +75,8 @@ class IdAssigner:
                              "fhir_version_id": self.version, "patient_key": self.patient})
         elif self._versions[key] != self.version:
             self._versions[key] = self.version
-            self.version_changes.append({"t": table, "k": source_key, "v": self.version})
+            self.version_changes.append({"omop_table": table, "source_key": source_key,
+                                         "fhir_version_id": self.version})
         return self._ids[key]
 
 
