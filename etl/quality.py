@@ -142,7 +142,7 @@ def validate(conn: sa.Connection, checks: list[Check], frames: dict[str, Frame],
             # Built whole (adding one by one re-saves the suite and merges equal expectations).
             suite = gx.ExpectationSuite(name=f"dlmreg.{frame_name}", expectations=[expectations[c.name] for c in group])
             for data in batches:
-                if counted and data.empty:
+                if counted and len(data) == 0:
                     # No counted rows count nothing (every such expectation decides row by row): no validation.
                     # An incremental audit's frames of changes are mostly empty (equal rows cancel out).
                     for check in group:
