@@ -15,8 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from etl import bulk
-from etl.bulk import copies, copy_rows
+from etl.bulk import copies, copy_rows, insert_rows
 
 KEY = ("resource_type", "resource_id")
 
@@ -45,7 +44,7 @@ class StagingStore:
     def insert(self, rows: list[dict]) -> None:
         """Insert rows (dicts with every staging column) whose keys are not in staging (etl.bulk: COPY on
         PostgreSQL with psycopg)."""
-        bulk.insert_rows(self.conn, self.staging, rows)
+        insert_rows(self.conn, self.staging, rows)
 
     def upsert(self, rows: list[dict]) -> None:
         """Insert or replace rows (dicts with every staging column), keys unique within the batch."""
@@ -92,7 +91,7 @@ class CopyStagingStore(StagingStore):
     def upsert(self, rows: list[dict]) -> None:
         if not rows:
             return
-        bulk.insert_rows(self.conn, self.rows, rows)
+        insert_rows(self.conn, self.rows, rows)
         self.conn.execute(self.move)
         self._truncate(self.rows)
 
