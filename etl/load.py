@@ -73,11 +73,13 @@ def replace_global_rows(conn: sa.Connection, tables: dict[str, sa.Table], rows: 
 
 
 def write_lineage(conn: sa.Connection, tables: dict[str, sa.Table], lineage: list[dict],
-                  version_changes: list[dict] = ()) -> None:
-    """Add new lineage rows and record changed FHIR versions."""
+                  version_changes: list[dict] = (), patient_keys: list[str] | None = None) -> None:
+    """Add new lineage rows and record changed FHIR versions (`patient_keys`: the patients whose lineage
+    holds every changed key, as the batch's lineage was read by patient)."""
     lineage_table = tables["dlm_lineage"]
     bulk.insert_rows(conn, lineage_table, lineage)
-    bulk.update_rows(conn, lineage_table, ["omop_table", "source_key"], list(version_changes))
+    bulk.update_rows(conn, lineage_table, ["omop_table", "source_key"], list(version_changes),
+                     within=("patient_key", patient_keys) if patient_keys is not None else None)
 
 
 def claimed_elsewhere(conn: sa.Connection, tables: dict[str, sa.Table], lineage: list[dict]) -> list[dict]:

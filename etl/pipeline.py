@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -42,12 +42,16 @@ from etl.transform.patients import (KeyRange, delete_digests, mapping_salt, regi
                                     stored_digests, write_digests)
 from etl.transform.vocabulary_tables import cdm_source_row, concept_rows, source_to_concept_rows
 from etl.vocabulary import CodeMap, load_code_map
-from registry_schema.constraints import apply_constraints, create_indexes
+from registry_schema.constraints import analyze, apply_constraints, create_indexes, indexes_deferred
 
 log = logging.getLogger(__name__)
 DEMO_PATIENTS, DEMO_SEED = 200, 1527
 DEMO_LABEL = "demo cohort (synthetic)"
 MAP_BATCH_PATIENTS = 500  # patients mapped, loaded and derived together (memory is bounded by one batch)
+# A load that maps or removes more than this share of the staged patients refreshes the planner statistics
+# (PostgreSQL's default autovacuum_analyze_scale_factor; autovacuum cannot see the load's open transaction).
+ANALYZE_SHARE = 0.1
+LINEAGE_ANALYZE_ROWS = 100_000
 UNMAPPED_COLUMNS = ["source_system", "source_code", "field", "reason", "occurrences"]
 
 
@@ -143,10 +147,14 @@ def load_patients(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeM
     The whole registry (default `keys`) is re-mapped from scratch when `remap_all` is set or no patient was
     mapped before (a new registry, or one loaded before digests existed). A partition (`keys` a range, ids
     `part` modulo `parts`) only ever touches its own patients, so partitions can load concurrently.
+    A bulk load of the whole registry (full, or more than ANALYZE_SHARE of the patients) analyzes staging and
+    the lineage first, and the lineage again each time it has doubled (registry_schema.constraints.analyze);
+    a first load (empty lineage) builds the lineage's key indexes once, after its last batch.
     Preconditions: staging is loaded; the registry tables exist.
 
     Returns counts: `mode` (full or incremental), staged `patients`, patients `mapped` and `removed`,
-    `resources` read, report texts read by worker processes (`texts_read_in_workers`).
+    `resources` read, report texts read by worker processes (`texts_read_in_workers`), and whether it was such
+    a bulk load (`statistics_refreshed`: the audit then analyzes every table).
     """
     backfill_lineage_patients(conn, tables)
     salt = mapping_salt(codes, window_months)
@@ -170,11 +178,22 @@ def load_patients(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeM
         delete_persons(conn, tables, replaced)
         delete_digests(conn, tables, removed)
     log.info("map: %s, %d of %d patients to map, %d removed", mode, len(todo), len(staged), len(removed))
+    # Not in a partition: ANALYZE locks the table against another ANALYZE until the transaction ends, which would
+    # make concurrent partitions wait for each other (audit_partitions analyzes once they have committed).
+    refresh = keys == KeyRange() and (mode == "full" or len(todo) + len(removed) > ANALYZE_SHARE * len(staged))
+    if refresh:
+        # Staging is complete (the stage committed it); the lineage is read by patient for every batch.
+        analyze(conn, [tables["fhir_resource"], lineage])
+    lineage_rows = analyzed_rows = 0   # new lineage rows written so far, and when the lineage was last analyzed
     ids = IdAssigner(conn, lineage, offset=part, stride=parts)
     progress = Progress("mapped resources", show_progress)
     resources = 0
     chunks = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
-    with ReportReader(workers) as reader:
+    # A first load of the whole registry fills an empty lineage: its key indexes are built once at the end
+    # (nothing looks a key up meanwhile: there are no earlier ids, moves or versions to find).
+    first_load = keys == KeyRange() and not check_moves
+    with ReportReader(workers) as reader, (indexes_deferred(conn, lineage, keep=("patient_key",)) if first_load
+                                           else nullcontext()):
         def read_ahead(number: int) -> int | None:
             if not reader.parallel or number >= len(chunks):
                 return None
@@ -185,11 +204,17 @@ def load_patients(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeM
             following = read_ahead(number + 1)
             resources += _map_load_derive(conn, tables, codes, ids, chunk, staged, run_id, window_months, today,
                                           check_moves, progress, reader)
+            lineage_rows += len(ids.new)
+            if refresh and lineage_rows >= max(LINEAGE_ANALYZE_ROWS, 2 * analyzed_rows):
+                # A lineage that grows from empty (a first load) is analyzed each time it has doubled: planned as
+                # empty, the lookup by patient reads the whole lineage, once per batch.
+                analyze(conn, [lineage])
+                analyzed_rows = lineage_rows
             reader.release(ahead)
             ahead = following
     progress.done()
     return {"mode": mode, "patients": len(staged), "mapped": len(todo), "removed": len(removed),
-            "resources": resources, "texts_read_in_workers": reader.read_in_workers}
+            "resources": resources, "texts_read_in_workers": reader.read_in_workers, "statistics_refreshed": refresh}
 
 
 def _map_load_derive(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, ids: IdAssigner,
@@ -202,7 +227,7 @@ def _map_load_derive(conn: sa.Connection, tables: dict[str, sa.Table], codes: Co
         # Resources that now belong to a patient of this batch: keep their ids and map the batch again.
         move_lineage(conn, tables, moved)
         batch = map_batch(conn, tables, codes, ids, chunk, today, reader=reader)
-    write_lineage(conn, tables, batch.lineage, batch.version_changes)
+    write_lineage(conn, tables, batch.lineage, batch.version_changes, chunk)
     insert_rows(conn, tables, batch.rows)
     derive(conn, tables, window_months, batch.rows)
     write_digests(conn, tables, [{"patient_key": p.key, "digest": staged[p.key], "person_id": p.person_id,
@@ -225,16 +250,21 @@ def _lesion_groups(conn: sa.Connection, tables: dict[str, sa.Table]) -> dict[str
 
 def _audit(conn: sa.Connection, tables: dict[str, sa.Table], codes: CodeMap, source: str, today: dt.date,
            data_docs_dir: Path | None, registry: Registry, run_id: str, checks: IncrementalChecks | None = None,
-           global_rows: tuple | None = None) -> dict:
+           global_rows: tuple | None = None, refresh_statistics: bool = True) -> dict:
     """Replace the global tables (`global_rows`: _global_rows' result, if the caller has it), count, and run
     the checks on the state `conn` sees (on the changed persons only where `checks` counted them before the
-    load: etl.incremental_checks); store their counts."""
+    load: etl.incremental_checks); store their counts. `refresh_statistics`: the load was a bulk one (see
+    ANALYZE_SHARE): analyze every table first."""
     rows, warnings = global_rows or _global_rows(codes, source, today)
     replace_global_rows(conn, tables, rows)
     # Indexes after the bulk load (the OHDSI order) but before the audit: its per-person checks look rows up
     # by person_id, and a patient-by-patient load keeps each person's rows together, so a scan per person
     # would read half of each table.
     create_indexes(conn, tables)
+    if refresh_statistics:
+        # Then statistics, for the audit's queries and the next run's (an incremental run right after a first
+        # load at 50,000 patients: 72 s planned on missing statistics, 53 s with them).
+        analyze(conn, list(tables.values()))
     notes = registry_notes(conn, tables)
     counts = table_counts(conn, tables)
     groups = _lesion_groups(conn, tables)
@@ -311,7 +341,8 @@ def load_and_audit(registry: Registry, codes: CodeMap, run_id: str, source: str,
                                        batch_size=batch_size, show_progress=show_progress, workers=workers,
                                        before_replace=checks.before)
             with timed(seconds, "audit", peaks):
-                audited = _audit(conn, t, codes, source, today, data_docs_dir, registry, run_id, checks, global_rows)
+                audited = _audit(conn, t, codes, source, today, data_docs_dir, registry, run_id, checks, global_rows,
+                                 mapped["statistics_refreshed"])
         except BaseException:
             transaction.rollback()
             raise

@@ -82,3 +82,23 @@ def test_bulk_update_sets_the_values_of_the_rows_with_equal_keys(registry_url):
         assert [(r[0], r[5], r[7]) for r in _read(conn, table)] == [(1, 1.5, "mm"), (2, 3.0, "cm\tx"), (3, None, None)]
         conn.execute(table.delete())
     registry.engine.dispose()
+
+
+def test_bulk_update_within_updates_what_the_keys_alone_update(registry_url):
+    """update_rows with `within` (the column and values that find the rows to update, as the lineage of a batch
+    is found by patient) updates exactly the rows the keys alone update; a row outside `within` is updated
+    too (the whole update is made again by the keys), so `within` only changes how the rows are found."""
+    registry = open_registry(registry_url)
+    table = registry.tables["measurement"]
+    keys = ["measurement_id"]
+    with registry.engine.begin() as conn:
+        bulk.insert_rows(conn, table, ROWS)
+        bulk.update_rows(conn, table, keys, [{"measurement_id": 2, "unit_source_value": "a"},
+                                             {"measurement_id": 3, "unit_source_value": "b"}], within=("person_id", [7, 8]))
+        assert [(r[0], r[7]) for r in _read(conn, table)] == [(1, None), (2, "a"), (3, "b")]
+        # measurement 1 belongs to person 7, outside `within`: still updated, as is measurement 3 inside it
+        bulk.update_rows(conn, table, keys, [{"measurement_id": 1, "unit_source_value": "c"},
+                                             {"measurement_id": 3, "unit_source_value": "d"}], within=("person_id", [8]))
+        assert [(r[0], r[7]) for r in _read(conn, table)] == [(1, "c"), (2, "a"), (3, "d")]
+        conn.execute(table.delete())
+    registry.engine.dispose()

@@ -277,3 +277,118 @@ def test_staged_digest_is_rule_pd1_hand_computed(registry_url):
         "aa": hashlib.sha256(f"salt:3:{expected_total:064x}".encode()).hexdigest(),
         "bb": hashlib.sha256(f"salt:1:{'1' * 64}".encode()).hexdigest()}
     assert only_b == {"bb": digests["bb"]}
+
+
+def test_bulk_load_refreshes_planner_statistics(cohort_factory, pg_url, tmp_path, monkeypatch):
+    """A first (full) load analyzes staging and the lineage before mapping, the lineage again each time it has
+    doubled, and (in the audit) every table; the statistics exist once it commits, before autovacuum (off
+    here) could have made them. An incremental load of a few patients analyzes nothing."""
+    source = cohort_factory(24, 11)
+    registry = open_registry(pg_url)
+    with registry.engine.begin() as conn:
+        for name in ("fhir_resource", "dlm_lineage", "observation"):
+            conn.exec_driver_sql(f"ALTER TABLE {conn.dialect.identifier_preparer.format_table(registry.tables[name])}"
+                                 " SET (autovacuum_enabled = false)")
+    registry.engine.dispose()
+    analyzed: list[list[str]] = []
+    real_analyze = etl.pipeline.analyze
+
+    def recording(conn, tables):
+        analyzed.append(sorted(t.name for t in tables))
+        real_analyze(conn, tables)
+
+    monkeypatch.setattr(etl.pipeline, "analyze", recording)
+    monkeypatch.setattr(etl.pipeline, "LINEAGE_ANALYZE_ROWS", 100)
+    done = _load(pg_url, source, batch_size=4)
+    assert done["mode"] == "full" and done["statistics_refreshed"]
+    assert analyzed[0] == ["dlm_lineage", "fhir_resource"]
+    assert len(analyzed) >= 3 and all(names == ["dlm_lineage"] for names in analyzed[1:])
+    registry = open_registry(pg_url)
+    with registry.engine.connect() as conn:
+        lineage_rows = conn.execute(sa.select(sa.func.count()).select_from(registry.tables["dlm_lineage"])).scalar()
+        stats = dict(conn.execute(sa.text("SELECT tablename, count(*) FROM pg_stats WHERE tablename IN "
+                                          "('fhir_resource', 'dlm_lineage') GROUP BY tablename")).all())
+    registry.engine.dispose()
+    # analyzed at 100 new rows, then at twice the rows of the previous analysis: log2 of the growth, plus one
+    assert len(analyzed) - 1 <= 2 + (lineage_rows // 100).bit_length()
+    assert stats.get("fhir_resource", 0) > 0 and stats.get("dlm_lineage", 0) > 0
+
+    analyzed.clear()
+    changed = tmp_path / "changed"
+    shutil.copytree(source, changed)
+    lines = (changed / "Condition.ndjson").read_text().splitlines()
+    condition = json.loads(lines[0])
+    condition["onsetDateTime"] = "2015-02-03"
+    (changed / "Condition.ndjson").write_text("\n".join([json.dumps(condition), *lines[1:]]) + "\n")
+    done = _load(pg_url, changed)
+    assert done["mode"] == "incremental" and 0 < done["mapped"] <= 2 and not done["statistics_refreshed"]
+    assert analyzed == []
+
+
+def _lineage_keys(conn: sa.Connection, lineage: sa.Table) -> tuple:
+    inspector = sa.inspect(conn)
+    return (inspector.get_pk_constraint(lineage.name, schema=lineage.schema)["constrained_columns"],
+            sorted((i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(lineage.name, schema=lineage.schema)))
+
+
+def test_first_load_builds_the_lineage_keys_at_the_end(cohort_factory, registry_url, monkeypatch):
+    """A first load fills the empty lineage without its primary key and omop_id index (PostgreSQL), keeps the
+    patient_key index its batches read, and ends with the lineage's keys as a new registry has them; a
+    duplicate key written meanwhile fails the load."""
+    from registry_schema.constraints import indexes_deferred
+
+    registry = open_registry(registry_url)
+    lineage = registry.tables["dlm_lineage"]
+    with registry.engine.connect() as conn:
+        created = _lineage_keys(conn, lineage)
+    during = []
+    real_write = etl.pipeline.write_lineage
+
+    def recording(conn, tables, *args):
+        during.append(_lineage_keys(conn, lineage))
+        real_write(conn, tables, *args)
+
+    monkeypatch.setattr(etl.pipeline, "write_lineage", recording)
+    _load(registry_url, cohort_factory(10, 8), batch_size=4)
+    with registry.engine.connect() as conn:
+        assert _lineage_keys(conn, lineage) == created
+    assert created[0] == ["omop_table", "source_key"] and len(created[1]) == 2 and len(during) >= 3
+    if registry.engine.dialect.name == "postgresql":
+        assert all(keys == ([], [("idx_dlm_lineage_patient_key", ("patient_key",))]) for keys in during)
+    else:
+        assert all(keys == created for keys in during)
+    row = {"omop_table": "person", "source_key": "Patient/x", "omop_id": 1, "patient_key": "p"}
+    with pytest.raises(sa.exc.IntegrityError):
+        with registry.engine.begin() as conn, indexes_deferred(conn, lineage, keep=("patient_key",)):
+            conn.execute(lineage.insert(), [row, {**row, "omop_id": 2}])
+    registry.engine.dispose()
+
+
+def test_lineage_keys_stay_for_a_writer_who_does_not_own_the_lineage(pg_url):
+    """The ETL writer role (granted every privilege on the tables, not their ownership) may not drop indexes:
+    indexes_deferred leaves them in place for it, and its load goes on."""
+    import uuid
+
+    from registry_schema.constraints import indexes_deferred
+
+    registry = open_registry(pg_url)
+    lineage = registry.tables["dlm_lineage"]
+    role = f"writer_{uuid.uuid4().hex[:8]}"
+    table = registry.engine.dialect.identifier_preparer.format_table(lineage)
+    with registry.engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}"')
+        conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA "{lineage.schema}" TO "{role}"')
+        conn.exec_driver_sql(f'GRANT ALL ON {table} TO "{role}"')
+    try:
+        with registry.engine.begin() as conn:
+            conn.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
+            before = _lineage_keys(conn, lineage)
+            with indexes_deferred(conn, lineage, keep=("patient_key",)):
+                assert _lineage_keys(conn, lineage) == before
+                conn.execute(lineage.insert(), {"omop_table": "person", "source_key": "Patient/x", "omop_id": 1})
+            assert _lineage_keys(conn, lineage) == before
+    finally:
+        with registry.engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+        registry.engine.dispose()
