@@ -12,6 +12,8 @@ from typing import Iterable, Sequence
 
 import sqlalchemy as sa
 
+from registry_schema.constraints import analyze
+
 EXECUTEMANY_BATCH = 5000  # rows per executemany call
 
 
@@ -73,7 +75,7 @@ def update_rows(conn: sa.Connection, table: sa.Table, keys: Sequence[str], rows:
         updated = None
         if within is not None:
             # The planner must know the temporary table's size to choose the hash join.
-            conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.format_table(temp)}")
+            analyze(conn, [temp])
             column, among = within
             updated = conn.execute(update.where(table.c[column].in_(list(among)))).rowcount
         if updated != len(rows):
